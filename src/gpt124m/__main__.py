@@ -1,0 +1,5 @@
+import sys
+
+from gpt124m.cli import main
+
+sys.exit(main())

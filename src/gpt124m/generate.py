@@ -1,0 +1,256 @@
+"""Text generation with a KV cache: greedy or sampled, batched, streaming, with stop conditions.
+
+Semantics follow transformers so numbers and habits carry over: repetition penalty, then
+temperature, then top-k, then top-p; `max_length` counts the prompt, `max_new_tokens` does not;
+`do_sample=False` (or temperature 0) is greedy. Ids in the padded part of the vocabulary
+(>= 50257) can never be produced.
+
+Prompt plus new tokens may not exceed the model's block size: that raises `ValueError` rather
+than silently sliding a window, since a window changes what the model conditions on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gpt124m.config import GPT2_VOCAB_SIZE
+from gpt124m.model import GPT, KVCache
+from gpt124m.tokenizer import EOT_ID, Tokenizer
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int | None = 64
+    max_length: int | None = None
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    eos_token_id: int | None = EOT_ID
+    stop: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.max_new_tokens is None and self.max_length is None:
+            raise ValueError("set max_new_tokens or max_length")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def new_token_budget(self, prompt_len: int) -> int:
+        """`max_length` (total, as in transformers) wins over `max_new_tokens` when both are set."""
+        if self.max_length is not None:
+            return max(self.max_length - prompt_len, 0)
+        return self.max_new_tokens
+
+
+def process_logits(
+    logits: torch.Tensor, cfg: GenerationConfig, seen: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Apply repetition penalty, temperature, top-k and top-p to [B, V] float logits."""
+    if cfg.repetition_penalty != 1.0 and seen is not None:
+        penalized = torch.where(
+            logits < 0, logits * cfg.repetition_penalty, logits / cfg.repetition_penalty
+        )
+        logits = torch.where(seen, penalized, logits)
+    if cfg.greedy:
+        return logits
+    logits = logits / cfg.temperature
+    if cfg.top_k > 0:
+        k = min(cfg.top_k, logits.size(-1))
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
+        cum_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cum_probs <= (1 - cfg.top_p)
+        remove[..., -1:] = False  # always keep the most likely token
+        logits = logits.masked_fill(remove.scatter(-1, sorted_idx, remove), float("-inf"))
+    return logits
+
+
+def _validate_prompts(prompts: Sequence[Sequence[int]]) -> None:
+    if len(prompts) == 0:
+        raise ValueError("prompt must not be empty: give at least one prompt")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty: give at least one token")
+
+
+@torch.inference_mode()
+def decode_steps(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    cfg: GenerationConfig,
+    *,
+    vocab_size: int = GPT2_VOCAB_SIZE,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield `(tokens [B], finished [B])` once per step.
+
+    `finished` is live: a caller may set rows to True (a stop string appeared) and they stop
+    producing tokens. Rows are left-padded, so each row computes what it would alone.
+    """
+    cfg.validate()
+    _validate_prompts(prompts)
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    B = len(prompts)
+    longest = max(len(p) for p in prompts)
+    budget = cfg.new_token_budget(longest)
+    block = model.config.block_size
+    if longest + budget > block:
+        raise ValueError(
+            f"prompt ({longest} tokens) + new tokens ({budget}) exceeds the model's block size "
+            f"({block}); shorten the prompt or lower max_new_tokens/max_length"
+        )
+    if budget == 0:
+        return
+    ids = torch.full((B, longest), EOT_ID, dtype=torch.long, device=device)
+    mask = torch.zeros((B, longest), dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p) :] = torch.as_tensor(list(p), dtype=torch.long, device=device)
+        mask[i, longest - len(p) :] = True
+    attention_mask = None if bool(mask.all()) else mask
+    vocab_limit = min(vocab_size, model.config.vocab_size)
+    seen = None
+    if cfg.repetition_penalty != 1.0:
+        seen = torch.zeros((B, model.config.vocab_size), dtype=torch.bool, device=device)
+        seen.scatter_(1, ids, mask)
+    generator = None
+    if not cfg.greedy:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+    eos = cfg.eos_token_id
+    filler = eos if eos is not None else EOT_ID
+
+    cache = KVCache(model.config, B, longest + budget, device, dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        logits, _ = model(ids, attention_mask=attention_mask, cache=cache, last_only=True)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        for step in range(budget):
+            scores = logits[:, -1, :].float()
+            scores[:, vocab_limit:] = float("-inf")
+            scores = process_logits(scores, cfg, seen)
+            if cfg.greedy:
+                tokens = scores.argmax(dim=-1)
+            else:
+                probs = scores.softmax(dim=-1)
+                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            tokens = torch.where(finished, torch.full_like(tokens, filler), tokens)
+            yield tokens, finished
+            if eos is not None:
+                finished |= tokens == eos
+            if bool(finished.all()) or step == budget - 1:
+                return
+            if seen is not None:
+                seen.scatter_(1, tokens[:, None], True)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+            logits, _ = model(tokens[:, None], attention_mask=attention_mask, cache=cache)
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    cfg: GenerationConfig,
+    *,
+    vocab_size: int = GPT2_VOCAB_SIZE,
+) -> list[list[int]]:
+    """New token ids for each prompt; the EOS that ended a row is not included."""
+    out: list[list[int]] = [[] for _ in prompts]
+    for tokens, finished in decode_steps(model, prompts, cfg, vocab_size=vocab_size):
+        for i, (t, done) in enumerate(zip(tokens.tolist(), finished.tolist())):
+            if not done and t != cfg.eos_token_id:
+                out[i].append(t)
+    return out
+
+
+def _stop_index(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that could still grow into a stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                best = max(best, n)
+                break
+    return best
+
+
+def generate_text(
+    model: GPT, tokenizer: Tokenizer, prompts: Sequence[str], cfg: GenerationConfig
+) -> list[str]:
+    """Batched text-in, text-out generation; each completion is cut at the first stop string."""
+    encoded = [tokenizer.encode(p) for p in prompts]
+    new: list[list[int]] = [[] for _ in prompts]
+    for tokens, finished in decode_steps(model, encoded, cfg, vocab_size=tokenizer.n_vocab):
+        for i, t in enumerate(tokens.tolist()):
+            if finished[i] or t == cfg.eos_token_id:
+                continue
+            new[i].append(t)
+            if cfg.stop and _stop_index(tokenizer.decode(new[i]), cfg.stop) is not None:
+                finished[i] = True
+    texts = [tokenizer.decode(ids) for ids in new]
+    return [_cut_at_stop(t, cfg.stop) for t in texts]
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    cut = _stop_index(text, stops)
+    return text if cut is None else text[:cut]
+
+
+def stream_text(
+    model: GPT, tokenizer: Tokenizer, prompt: str, cfg: GenerationConfig
+) -> Iterator[str]:
+    """Yield the completion of one prompt piece by piece, as tokens are produced.
+
+    Text is held back while it is an incomplete UTF-8 character or could be the start of a stop
+    string, so the concatenated pieces always equal `generate_text`'s result.
+    """
+    ids: list[int] = []
+    emitted = 0
+    prompt_ids = [tokenizer.encode(prompt)]
+    for tokens, _ in decode_steps(model, prompt_ids, cfg, vocab_size=tokenizer.n_vocab):
+        t = int(tokens[0])
+        if t == cfg.eos_token_id:
+            break
+        ids.append(t)
+        text = tokenizer.decode(ids)
+        cut = _stop_index(text, cfg.stop) if cfg.stop else None
+        if cut is not None:
+            if cut > emitted:
+                yield text[emitted:cut]
+            return
+        safe = len(text.rstrip("\ufffd"))
+        safe -= _held_back(text[:safe], cfg.stop)
+        if safe > emitted:
+            yield text[emitted:safe]
+            emitted = safe
+    text = tokenizer.decode(ids)
+    if len(text) > emitted:
+        yield text[emitted:]

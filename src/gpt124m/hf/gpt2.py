@@ -1,0 +1,82 @@
+"""Hugging Face GPT-2 checkpoints in: Conv1D weights transposed, vocabulary padded to 50304.
+
+GPT-2's Conv1D stores weights as [in, out]; nn.Linear wants [out, in]. The extra embedding rows
+are zeros, and generation masks them out, so they are never sampled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt124m.checkpoint import build_model, load_safetensors
+from gpt124m.config import ModelConfig
+from gpt124m.model import GPT
+
+CONV1D_SUFFIXES = (
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
+SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old checkpoints
+
+
+def padded_vocab(vocab_size: int, multiple: int = 64) -> int:
+    return -(-vocab_size // multiple) * multiple
+
+
+def config_from_gpt2(data: dict[str, Any], source: Path) -> ModelConfig:
+    activation = data.get("activation_function", "gelu_new")
+    if activation not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"{source}: activation_function {activation!r} is not GPT-2's tanh GELU")
+    try:
+        return ModelConfig(
+            n_layer=data["n_layer"],
+            n_head=data["n_head"],
+            n_embd=data["n_embd"],
+            block_size=data.get("n_positions", data.get("n_ctx", 1024)),
+            vocab_size=padded_vocab(data.get("vocab_size", 50257)),
+        )
+    except KeyError as e:
+        raise ValueError(f"{source}: GPT-2 config lacks {e}") from None
+
+
+def read_gpt2_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    st = model_dir / "model.safetensors"
+    if st.is_file():
+        return load_safetensors(st), st
+    legacy = model_dir / "pytorch_model.bin"
+    if legacy.is_file():
+        try:
+            return torch.load(legacy, map_location="cpu", weights_only=True), legacy
+        except Exception as e:
+            raise ValueError(f"{legacy}: unreadable weights file ({e})") from None
+    raise FileNotFoundError(f"{model_dir}: no model.safetensors or pytorch_model.bin")
+
+
+def gpt2_to_native(
+    hf_state: dict[str, torch.Tensor], config: ModelConfig
+) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, tensor in hf_state.items():
+        if key.endswith(SKIPPED_SUFFIXES) or key == "lm_head.weight":
+            continue
+        name = key if key.startswith("transformer.") else f"transformer.{key}"
+        if name.endswith(CONV1D_SUFFIXES):
+            tensor = tensor.t()
+        state[name] = tensor.contiguous()
+    wte = state.get("transformer.wte.weight")
+    if wte is not None and wte.size(0) < config.vocab_size:
+        pad = wte.new_zeros(config.vocab_size - wte.size(0), wte.size(1))
+        state["transformer.wte.weight"] = torch.cat([wte, pad])
+    return state
+
+
+def load_gpt2_dir(model_dir: Path, config_data: dict[str, Any]) -> GPT:
+    config = config_from_gpt2(config_data, model_dir / "config.json")
+    hf_state, weights_path = read_gpt2_weights(model_dir)
+    state = gpt2_to_native(hf_state, config)
+    return build_model(config, {k: v.float() for k, v in state.items()}, weights_path)

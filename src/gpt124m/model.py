@@ -1,0 +1,196 @@
+"""The GPT-2 architecture in one file.
+
+Pre-LayerNorm decoder blocks with fused qkv, causal scaled-dot-product attention, a 4x GELU(tanh)
+MLP, biases everywhere and an lm_head tied to the token embedding. Parameter names follow GPT-2's
+checkpoint layout so weights move in and out without renaming tables.
+
+The optional `KVCache` makes decoding cost one token of compute per step. `attention_mask` (1 = real
+token, 0 = padding) supports left-padded batches: positions count only real tokens, and padded keys
+are never attended to, so each row computes exactly what it would alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt124m.config import ModelConfig
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.residual_scaled_init = True
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        dropout_p = self.dropout if self.training else 0.0
+        if mask is None:
+            # Causal only when queries and keys start together; a single decode query sees all keys.
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout_p, is_causal=T > 1 and k.size(2) == T
+            )
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.residual_scaled_init = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, mask=None, cache=None, layer=0):
+        x = x + self.drop(self.attn(self.ln_1(x), mask, cache, layer))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections scaled by (2 * n_layer) ** -0.5."""
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_scaled_init", False):
+                std *= (2 * self.config.n_layer) ** -0.5
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (logits, loss). Targets equal to -100 are ignored by the loss.
+
+        With `cache`, `idx` holds only the new tokens and `attention_mask` covers the cache plus
+        them. `last_only` computes logits for the final position only (all that sampling needs).
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(
+                f"sequence length {past + T} exceeds the model's block size {self.config.block_size}"
+            )
+        mask = None
+        if attention_mask is None:
+            pos = torch.arange(past, past + T, device=idx.device).unsqueeze(0)
+        else:
+            attention_mask = attention_mask.to(torch.bool)
+            if attention_mask.shape != (B, past + T):
+                raise ValueError(
+                    f"attention_mask must have shape {(B, past + T)}, got {tuple(attention_mask.shape)}"
+                )
+            pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            mask = _padded_causal_mask(attention_mask, T)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, mask, cache, i)
+        if cache is not None:
+            cache.advance(T)
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            logits = self.lm_head(x[:, -1:, :] if last_only else x)
+            return logits, None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+        )
+        return logits, loss
+
+
+def _padded_causal_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
+    """Boolean [B, 1, T, S] mask: causal over the last T of S positions, padded keys hidden.
+
+    A query always sees itself, so padding rows stay finite instead of softmaxing over nothing.
+    """
+    S = attention_mask.size(1)
+    q_pos = torch.arange(S - T, S, device=attention_mask.device).unsqueeze(1)
+    k_pos = torch.arange(S, device=attention_mask.device).unsqueeze(0)
+    causal = k_pos <= q_pos
+    mask = causal.unsqueeze(0) & attention_mask[:, None, :]
+    mask |= (k_pos == q_pos).unsqueeze(0)
+    return mask.unsqueeze(1)
+
+
+class KVCache:
+    """Preallocated per-layer key/value buffers: decoding appends in place, no re-concatenation."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device, dtype):
+        if max_len > config.block_size:
+            raise ValueError(f"cache length {max_len} exceeds block size {config.block_size}")
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
