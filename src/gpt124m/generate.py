@@ -180,7 +180,7 @@ def generate(
     """New token ids for each prompt; the EOS that ended a row is not included."""
     out: list[list[int]] = [[] for _ in prompts]
     for tokens, finished in decode_steps(model, prompts, cfg, vocab_size=vocab_size):
-        for i, (t, done) in enumerate(zip(tokens.tolist(), finished.tolist())):
+        for i, (t, done) in enumerate(zip(tokens.tolist(), finished.tolist(), strict=True)):
             if not done and t != cfg.eos_token_id:
                 out[i].append(t)
     return out
