@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "train"
+HELP = "Pretrain a GPT on prepared token shards (one process, or torchrun for DDP/FSDP)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from gpt124m.train.config import add_config_arguments
+
+    p.add_argument(
+        "--config",
+        help="a bundled recipe (gpt124m-fineweb-edu, gpt2-10b, quickstart) or a YAML file; "
+        "flags given here override it",
+    )
+    add_config_arguments(p)
+    p.epilog = "Multi-GPU: torchrun --nproc_per_node 8 -m gpt124m train --config gpt124m-fineweb-edu"
+
+
+def run(args: argparse.Namespace) -> int:
+    from gpt124m.train.config import TrainConfig, config_from_args
+    from gpt124m.train.trainer import TrainingDiverged, pretrain
+
+    cfg = config_from_args(args, TrainConfig, recipe=args.config)
+    try:
+        summary = pretrain(cfg)
+    except TrainingDiverged as e:
+        print(f"gpt124m train: {e}", file=sys.stderr)
+        return 1
+    if "model_dir" in summary:
+        print(f"model written to {summary['model_dir']}")
+    return 0

@@ -1,0 +1,206 @@
+"""Training checkpoints: everything needed to continue bit for bit, written atomically.
+
+A checkpoint is a directory `step_0000100/` that is also a model directory (config.json +
+model.safetensors), so every command that takes `--model` accepts it. Beside the weights:
+`optimizer.pt` (optimizer, grad-scaler), `rank_00000.pt`... (each rank's RNG and loader state)
+and `trainer_state.json` (step, tokens, sha256 of every file). All files are written into
+`step_0000100.tmp/`, which is renamed into place only when complete; loading verifies the hashes
+and falls back to an older checkpoint when one is corrupt. Nothing is unpickled:
+`torch.load(weights_only=True)` reads only tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from gpt124m.atomic import atomic_write_text
+from gpt124m.checkpoint import TIED_KEYS, WEIGHTS_NAME, load_safetensors, save_pretrained
+from gpt124m.model import GPT
+from gpt124m.train import distributed
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.pt"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CorruptCheckpoint(ValueError):
+    pass
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": json.dumps(random.getstate()),
+        "numpy": json.dumps([np_state[0], np_state[1].tolist(), *np_state[2:]]),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = json.loads(state["numpy"])
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoint dirs, oldest first (temp dirs of interrupted writes are ignored)."""
+    if not ckpt_root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+@dataclass
+class TrainingState:
+    step: int
+    tokens_seen: int
+    optimizer_state: dict[str, Any]
+    scaler_state: dict[str, Any] | None
+    rank_state: dict[str, Any]
+    path: Path
+
+
+def save(
+    ckpt_root: Path,
+    *,
+    step: int,
+    tokens_seen: int,
+    model,
+    optimizer_state: dict[str, Any] | None,
+    scaler_state: dict[str, Any] | None,
+    loader_state: dict[str, Any],
+    metadata: dict[str, Any],
+    info: distributed.Dist,
+    keep: int,
+) -> Path:
+    """Collective: every rank writes its own state; rank 0 writes the rest, then renames.
+
+    `model` is a plain GPT holding the full weights (on rank 0; ignored elsewhere).
+    """
+    final = ckpt_root / f"step_{step:07d}"
+    tmp = ckpt_root / f"step_{step:07d}.tmp"
+    if info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+    rank_file = tmp / f"rank_{info.rank:05d}.pt"
+    torch.save({"rng": rng_state(), "loader": json.dumps(loader_state)}, rank_file)
+    distributed.barrier()
+    if info.is_main:
+        _save_weights(model, tmp, metadata)
+        torch.save({"optimizer": optimizer_state, "scaler": scaler_state}, tmp / OPTIMIZER_NAME)
+        files = sorted(p.name for p in tmp.iterdir())
+        state = {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "world_size": info.world_size,
+            "sha256": {name: _sha256(tmp / name) for name in files},
+        }
+        atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in list_checkpoints(ckpt_root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
+    return final
+
+
+def _save_weights(model: nn.Module, out: Path, metadata: dict[str, Any]) -> None:
+    """A plain GPT becomes a model directory; wrapped models (e.g. LoRA) keep their own names."""
+    if isinstance(model, GPT):
+        save_pretrained(model, out, metadata=metadata, tokenizer_files=False)
+        return
+    save_model(model, str(out / WEIGHTS_NAME))
+    atomic_write_text(out / "config.json", json.dumps({"format": "gpt124m-training", **metadata}, indent=2))
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a checkpoint's weights into `model` in place (the counterpart of `_save_weights`)."""
+    weights = path / WEIGHTS_NAME
+    if not isinstance(model, GPT):
+        load_model(model, str(weights), strict=True)
+        return
+    state = load_safetensors(weights)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - set(TIED_KEYS):
+        raise ValueError(
+            f"{weights}: weights do not fit this model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """Parse trainer_state.json and check every file's hash; raise CorruptCheckpoint if not."""
+    state_file = path / STATE_NAME
+    try:
+        state = json.loads(state_file.read_text())
+        hashes = state["sha256"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CorruptCheckpoint(f"{state_file}: unreadable ({e})") from None
+    for name, expected in hashes.items():
+        file = path / name
+        if not file.is_file():
+            raise CorruptCheckpoint(f"{file}: missing")
+        if _sha256(file) != expected:
+            raise CorruptCheckpoint(f"{file}: sha256 mismatch (truncated or modified)")
+    return state
+
+
+def find_resumable(ckpt_root: Path) -> Path | None:
+    """Newest checkpoint that verifies; corrupt ones are reported and skipped."""
+    for path in reversed(list_checkpoints(ckpt_root)):
+        try:
+            verify(path)
+            return path
+        except CorruptCheckpoint as e:
+            log.warning("skipping corrupt checkpoint %s: %s", path.name, e)
+    return None
+
+
+def load(path: Path, info: distributed.Dist) -> TrainingState:
+    state = verify(path)
+    if state["world_size"] != info.world_size:
+        raise ValueError(
+            f"{path}: written by {state['world_size']} ranks, resuming with {info.world_size}; "
+            "exact resume needs the same world size"
+        )
+    opt = torch.load(path / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
+    rank = torch.load(path / f"rank_{info.rank:05d}.pt", map_location="cpu", weights_only=True)
+    return TrainingState(
+        step=state["step"],
+        tokens_seen=state["tokens_seen"],
+        optimizer_state=opt["optimizer"],
+        scaler_state=opt["scaler"],
+        rank_state={"rng": rank["rng"], "loader": json.loads(rank["loader"])},
+        path=path,
+    )
+

@@ -1,0 +1,184 @@
+"""Training configuration: one dataclass, recipes as YAML data, every field overridable from the CLI.
+
+The CLI flags are generated from the dataclass fields (`--micro-batch-size` for `micro_batch_size`),
+so the flags, the recipes and the library cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.resources
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "wsd", "constant")
+PARALLEL = ("ddp", "fsdp")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a pretraining run needs. Defaults describe a small CPU-friendly run."""
+
+    # model and data
+    model: str = "nano"  # a preset name, or a model directory to continue from (e.g. GPT-2)
+    data_dir: str = "data/builtin"
+    out_dir: str = "runs/train"
+    seq_len: int = 256
+    micro_batch_size: int = 8
+    total_batch_tokens: int = 8 * 256  # per optimizer step, summed over ranks and micro-steps
+    max_steps: int = 100
+    seed: int = 1337
+    dropout: float = 0.0
+
+    # optimizer and schedule
+    max_lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+    # execution
+    device: str = "auto"
+    precision: str = "auto"  # auto = bf16 where the device supports it, else fp32
+    compile: bool = False
+    parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard), used under torchrun
+
+    # periodic work (0 disables)
+    log_every: int = 1
+    eval_every: int = 250
+    val_tokens: int = 65_536
+    sample_every: int = 1000
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["Hello, I'm a language model,", "The meaning of life is"]
+    )
+    sample_max_new_tokens: int = 32
+    hellaswag_every: int = 0
+    hellaswag_limit: int | None = None
+    hellaswag_data: str | None = None
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    resume: str = "none"  # none | auto | a checkpoint directory
+
+    # reporting
+    peak_flops: float | None = None  # per device, for MFU; None = known GPU table or measured CPU peak
+    power_watts: float | None = None  # per device, for the energy estimate; None = a table default
+    grid_gco2_per_kwh: float = 288.0  # carbon intensity used in the seed model card's estimate
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
+
+        for name in ("seq_len", "micro_batch_size", "total_batch_tokens", "max_steps"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be positive")
+        for name in ("warmup_steps", "log_every", "eval_every", "sample_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.keep_checkpoints < 1:
+            raise bad("keep_checkpoints", "must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"choose from {', '.join(PRECISIONS)}")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"choose from {', '.join(SCHEDULES)}")
+        if self.parallel not in PARALLEL:
+            raise bad("parallel", f"choose from {', '.join(PARALLEL)}")
+        if not 0 <= self.min_lr <= self.max_lr:
+            raise bad("min_lr", f"must be between 0 and --max-lr ({self.max_lr})")
+        if not 0 < self.decay_fraction <= 1:
+            raise bad("decay_fraction", "must be in (0, 1]")
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        per_micro = self.micro_batch_size * self.seq_len * world_size
+        if self.total_batch_tokens % per_micro:
+            raise ValueError(
+                f"--total-batch-tokens {self.total_batch_tokens} is not divisible by micro-batch "
+                f"x seq-len x world size = {self.micro_batch_size} x {self.seq_len} x {world_size} "
+                f"= {per_micro}"
+            )
+        return self.total_batch_tokens // per_micro
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+RECIPE_DIR = "recipes"
+
+
+def recipe_names() -> list[str]:
+    folder = importlib.resources.files("gpt124m.train") / RECIPE_DIR
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """Field overrides from a bundled recipe name or a YAML file path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {name_or_path}: no such file")
+        text = path.read_text()
+    else:
+        resource = importlib.resources.files("gpt124m.train") / RECIPE_DIR / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise ValueError(
+                f"--config {name_or_path!r}: unknown recipe; choose from {', '.join(recipe_names())} "
+                "or give a .yaml path"
+            )
+        text = resource.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {name_or_path}: a recipe must be a mapping of field: value")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known - {"description"})
+    if unknown:
+        raise ValueError(f"--config {name_or_path}: unknown fields {', '.join(unknown)}")
+    data.pop("description", None)
+    return data
+
+
+def _flag_type(tp: Any):
+    """The argparse `type` for a dataclass field annotation (Optional unwrapped)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _flag_type(args[0])
+    return tp
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls=TrainConfig) -> None:
+    """One `--flag` per dataclass field; unset flags stay None so recipes keep their values."""
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        tp = _flag_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"(default: {default!r})"
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(tp) is list:
+            parser.add_argument(flag, nargs="+", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=tp, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, config_cls=TrainConfig, recipe: str | None = None):
+    """Dataclass defaults, then the recipe, then explicit CLI flags."""
+    values: dict[str, Any] = load_recipe(recipe) if recipe else {}
+    for f in dataclasses.fields(config_cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    config = config_cls(**values)
+    config.validate()
+    return config

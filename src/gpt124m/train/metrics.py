@@ -1,0 +1,190 @@
+"""What a run reports: console lines, a metrics JSONL, the curves plot, MFU and the run summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt124m.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+# Dense peak FLOP/s per device: (bf16/fp16 tensor cores, tf32 tensor cores).
+GPU_PEAK_FLOPS = {
+    "H200": (989e12, 494e12),
+    "H100": (989e12, 494e12),
+    "A100": (312e12, 156e12),
+    "A10G": (125e12, 62.5e12),
+    "L40S": (362e12, 183e12),
+    "L4": (121e12, 60e12),
+    "RTX 4090": (165e12, 82.6e12),
+    "RTX 3090": (71e12, 35.6e12),
+    "V100": (125e12, 15.7e12),
+    "T4": (65e12, 8.1e12),
+}
+# Typical board power in watts, for the energy estimate when --power-watts is not given.
+DEVICE_POWER_W = {"H200": 700, "H100": 700, "A100": 400, "RTX 4090": 450, "A10G": 300, "L4": 72}
+CPU_POWER_W = 65.0
+DEFAULT_GPU_POWER_W = 300.0
+
+_cpu_peak_cache: dict[torch.dtype, float] = {}
+
+
+def measured_cpu_peak(dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """Achievable matmul FLOP/s on this CPU in `dtype`: the honest MFU denominator here."""
+    if dtype not in _cpu_peak_cache:
+        n = 1024
+        a = torch.randn(n, n, dtype=dtype)
+        b = torch.randn(n, n, dtype=dtype)
+        a @ b  # warm up
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            reps += 1
+        _cpu_peak_cache[dtype] = 2 * n**3 * reps / (time.perf_counter() - start)
+    return _cpu_peak_cache[dtype]
+
+
+def _gpu_entry(table: dict, device: torch.device):
+    name = torch.cuda.get_device_name(device)
+    for key, value in table.items():
+        if key in name:
+            return value
+    return None
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, override: float | None = None) -> float:
+    if override:
+        return override
+    if device.type == "cuda":
+        entry = _gpu_entry(GPU_PEAK_FLOPS, device)
+        if entry:
+            return entry[0] if dtype in (torch.bfloat16, torch.float16) else entry[1]
+        log.warning("unknown GPU %s: MFU uses 312 TFLOP/s; set --peak-flops", torch.cuda.get_device_name(device))
+        return 312e12
+    if device.type == "cpu":
+        return measured_cpu_peak(dtype)
+    return float("nan")
+
+
+def device_power_watts(device: torch.device, override: float | None = None) -> float:
+    if override:
+        return override
+    if device.type == "cuda":
+        return float(_gpu_entry(DEVICE_POWER_W, device) or DEFAULT_GPU_POWER_W)
+    return CPU_POWER_W
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class MetricsLog:
+    """Append-only JSONL of every event, readable while the run goes on."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop events a killed run logged after its last checkpoint."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [r for r in self.read() if r.get("step", 0) <= step]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(records: list[dict[str, Any]], out_path: Path, title: str = "") -> Path | None:
+    """Train loss, val loss and (if present) HellaSwag acc_norm against tokens seen."""
+    train = [(r["tokens"], r["loss"]) for r in records if r.get("kind") == "train"]
+    val = [(r["tokens"], r["loss"]) for r in records if r.get("kind") == "val"]
+    hella = [(r["tokens"], r["acc_norm"]) for r in records if r.get("kind") == "hellaswag"]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = 2 if hella else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.2), squeeze=False)
+    ax = axes[0][0]
+    if train:
+        xs, ys = zip(*train, strict=True)
+        ax.plot(xs, ys, lw=0.8, alpha=0.7, label="train")
+    if val:
+        xs, ys = zip(*val, strict=True)
+        ax.plot(xs, ys, "o-", ms=3, label="val")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "loss")
+    if hella:
+        ax = axes[0][1]
+        xs, ys = zip(*hella, strict=True)
+        ax.plot(xs, ys, "o-", ms=3, color="tab:green", label="ours (completion)")
+        for value, label, style in ((0.2955, "GPT-2 124M", "--"), (0.337, "GPT-3 Small", ":")):
+            ax.axhline(value, ls=style, color="gray", lw=1)
+            ax.annotate(label, (xs[0], value), fontsize=8, va="bottom")
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("HellaSwag acc_norm")
+        ax.grid(alpha=0.3)
+        ax.set_title("HellaSwag")
+    fig.tight_layout()
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out_path
+
+
+def run_summary(
+    *,
+    tokens_seen: int,
+    steps: int,
+    wall_time_s: float,
+    device: torch.device,
+    world_size: int,
+    power_watts: float,
+    grid_gco2_per_kwh: float,
+) -> dict[str, Any]:
+    """Tokens, time and the energy / CO2 estimate (device-hours x power x grid intensity)."""
+    device_hours = wall_time_s / 3600 * world_size
+    energy_kwh = device_hours * power_watts / 1000
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {
+        "tokens_seen": tokens_seen,
+        "steps": steps,
+        "wall_time_s": round(wall_time_s, 2),
+        "device": name,
+        "world_size": world_size,
+        "device_hours": round(device_hours, 6),
+        "power_w": power_watts,
+        "energy_kwh": round(energy_kwh, 6),
+        "grid_gco2_per_kwh": grid_gco2_per_kwh,
+        "co2_kg": round(energy_kwh * grid_gco2_per_kwh / 1000, 6),
+    }

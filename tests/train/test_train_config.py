@@ -1,0 +1,68 @@
+import argparse
+
+import pytest
+
+from gpt124m.train.config import (
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    load_recipe,
+    recipe_names,
+)
+
+
+def parse(argv, recipe=None):
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    return config_from_args(p.parse_args(argv), TrainConfig, recipe=recipe)
+
+
+def test_seed_recipe_matches_the_seed_run():
+    cfg = parse([], recipe="gpt124m-fineweb-edu")
+    assert cfg.model == "gpt2" and cfg.seq_len == 1024 and cfg.micro_batch_size == 12
+    assert cfg.total_batch_tokens == 589_824 and cfg.max_steps == 33_908
+    assert (cfg.max_lr, cfg.min_lr, cfg.warmup_steps) == (1.8e-3, 1.8e-4, 100)
+    assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.precision) == (0.9, 0.95, 0.1, "bf16")
+    assert (cfg.eval_every, cfg.hellaswag_every, cfg.sample_every, cfg.checkpoint_every) == (
+        250,
+        500,
+        1000,
+        1000,
+    )
+    assert cfg.grad_accum_steps(world_size=8) == 6
+
+
+def test_gpt2_10b_recipe():
+    cfg = parse([], recipe="gpt2-10b")
+    assert (cfg.max_lr, cfg.warmup_steps, cfg.max_steps, cfg.total_batch_tokens) == (
+        6e-4,
+        715,
+        19_073,
+        524_288,
+    )
+
+
+def test_cli_flags_override_recipe_and_all_recipes_load():
+    cfg = parse(["--max-steps", "7", "--no-compile", "--sample-prompts", "a", "b"], recipe="gpt2-10b")
+    assert cfg.max_steps == 7 and cfg.compile is False and cfg.sample_prompts == ["a", "b"]
+    assert cfg.max_lr == 6e-4
+    for name in recipe_names():
+        TrainConfig(**load_recipe(name)).validate()
+    assert {"gpt124m-fineweb-edu", "gpt2-10b", "quickstart"} <= set(recipe_names())
+
+
+def test_indivisible_batch_is_a_clear_error():
+    cfg = TrainConfig(micro_batch_size=3, seq_len=100, total_batch_tokens=1000)
+    with pytest.raises(ValueError, match="not divisible"):
+        cfg.grad_accum_steps(world_size=2)
+
+
+def test_bad_values_and_recipes_are_named(tmp_path):
+    with pytest.raises(ValueError, match="--precision"):
+        parse(["--precision", "fp8"])
+    with pytest.raises(ValueError, match="unknown recipe"):
+        load_recipe("nope")
+    bad = tmp_path / "r.yaml"
+    bad.write_text("max_stepz: 3\n")
+    with pytest.raises(ValueError, match="max_stepz"):
+        load_recipe(str(bad))
