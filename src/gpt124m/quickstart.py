@@ -17,7 +17,9 @@ from gpt124m.train.config import TrainConfig, load_recipe
 log = logging.getLogger(__name__)
 
 
-def run_quickstart(out_dir: str = "runs/quickstart", *, max_steps: int | None = None) -> dict[str, Any]:
+def run_quickstart(
+    out_dir: str = "runs/quickstart", *, max_steps: int | None = None
+) -> dict[str, Any]:
     from gpt124m.data.prepare import PrepareConfig, prepare
     from gpt124m.generate import GenerationConfig, generate_text
     from gpt124m.tokenizer import get_tokenizer
@@ -28,7 +30,11 @@ def run_quickstart(out_dir: str = "runs/quickstart", *, max_steps: int | None = 
         log.info("replacing the previous quickstart run in %s", out)
         shutil.rmtree(out / "checkpoints")
     data_dir = out / "data"
-    prepare(PrepareConfig(source="builtin", out_dir=str(data_dir), shard_tokens=1_000_000, val_tokens=65_536))
+    prepare(
+        PrepareConfig(
+            source="builtin", out_dir=str(data_dir), shard_tokens=1_000_000, val_tokens=65_536
+        )
+    )
     cfg = TrainConfig(**load_recipe("quickstart"))
     cfg = dataclasses.replace(cfg, data_dir=str(data_dir), out_dir=str(out))
     if max_steps is not None:
@@ -43,7 +49,10 @@ def run_quickstart(out_dir: str = "runs/quickstart", *, max_steps: int | None = 
     model = load_model(model_dir)
     prompt = cfg.sample_prompts[0]
     text = generate_text(
-        model, get_tokenizer(), [prompt], GenerationConfig(max_new_tokens=60, do_sample=True, top_k=40, seed=0)
+        model,
+        get_tokenizer(),
+        [prompt],
+        GenerationConfig(max_new_tokens=60, do_sample=True, top_k=40, seed=0),
     )[0]
     report = [
         "",

@@ -8,7 +8,8 @@ class FixedBatches:
     def __init__(self, n_batches=1, batch_size=4, seq_len=32, vocab=1000, seed=0):
         g = torch.Generator().manual_seed(seed)
         self.batches = [
-            torch.randint(0, vocab, (batch_size, seq_len + 1), generator=g) for _ in range(n_batches)
+            torch.randint(0, vocab, (batch_size, seq_len + 1), generator=g)
+            for _ in range(n_batches)
         ]
         self.i = 0
 

@@ -43,7 +43,9 @@ def test_gpt2_10b_recipe():
 
 
 def test_cli_flags_override_recipe_and_all_recipes_load():
-    cfg = parse(["--max-steps", "7", "--no-compile", "--sample-prompts", "a", "b"], recipe="gpt2-10b")
+    cfg = parse(
+        ["--max-steps", "7", "--no-compile", "--sample-prompts", "a", "b"], recipe="gpt2-10b"
+    )
     assert cfg.max_steps == 7 and cfg.compile is False and cfg.sample_prompts == ["a", "b"]
     assert cfg.max_lr == 6e-4
     for name in recipe_names():

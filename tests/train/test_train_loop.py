@@ -80,7 +80,11 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, fixed_batches
 
 def test_corrupt_checkpoint_is_reported_and_skipped(tmp_path, caplog, fixed_batches):
     torch.manual_seed(0)
-    fit(tiny_cfg(tmp_path, checkpoint_every=2, max_steps=4), GPT(get_preset("tiny")), fixed_batches())
+    fit(
+        tiny_cfg(tmp_path, checkpoint_every=2, max_steps=4),
+        GPT(get_preset("tiny")),
+        fixed_batches(),
+    )
     root = tmp_path / "run" / "checkpoints"
     newest = root / "step_0000004" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])

@@ -18,7 +18,9 @@ def test_cosine_starts_at_max_ends_at_min_and_is_monotone():
     assert lr_at(109, **KW) == pytest.approx(0.1)
     assert lr_at(500, **KW) == pytest.approx(0.1)  # past the end: stays at the floor
     mid = 10 + (109 - 10) / 2
-    assert lr_at(int(mid), **KW) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.4949)), rel=1e-2)
+    assert lr_at(int(mid), **KW) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.4949)), rel=1e-2
+    )
     values = [lr_at(s, **KW) for s in range(10, 110)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 

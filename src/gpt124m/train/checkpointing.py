@@ -140,7 +140,9 @@ def _save_weights(model: nn.Module, out: Path, metadata: dict[str, Any]) -> None
         save_pretrained(model, out, metadata=metadata, tokenizer_files=False)
         return
     save_model(model, str(out / WEIGHTS_NAME))
-    atomic_write_text(out / "config.json", json.dumps({"format": "gpt124m-training", **metadata}, indent=2))
+    atomic_write_text(
+        out / "config.json", json.dumps({"format": "gpt124m-training", **metadata}, indent=2)
+    )
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -203,4 +205,3 @@ def load(path: Path, info: distributed.Dist) -> TrainingState:
         rank_state={"rng": rank["rng"], "loader": json.loads(rank["loader"])},
         path=path,
     )
-

@@ -72,7 +72,9 @@ class TrainConfig:
     resume: str = "none"  # none | auto | a checkpoint directory
 
     # reporting
-    peak_flops: float | None = None  # per device, for MFU; None = known GPU table or measured CPU peak
+    peak_flops: float | None = (
+        None  # per device, for MFU; None = known GPU table or measured CPU peak
+    )
     power_watts: float | None = None  # per device, for the energy estimate; None = a table default
     grid_gco2_per_kwh: float = 288.0  # carbon intensity used in the seed model card's estimate
 
@@ -118,7 +120,9 @@ RECIPE_DIR = "recipes"
 
 def recipe_names() -> list[str]:
     folder = importlib.resources.files("gpt124m.train") / RECIPE_DIR
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load_recipe(name_or_path: str) -> dict[str, Any]:
@@ -165,7 +169,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls=TrainConfig
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f"(default: {default!r})"
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif typing.get_origin(tp) is list:
             parser.add_argument(flag, nargs="+", default=None, help=help_text)
         else:

@@ -40,8 +40,9 @@ def measured_cpu_peak(dtype: torch.dtype, seconds: float = 0.5) -> float:
     """Achievable matmul FLOP/s on this CPU in `dtype`: the honest MFU denominator here."""
     if dtype not in _cpu_peak_cache:
         n = 1024
-        a = torch.randn(n, n, dtype=dtype)
-        b = torch.randn(n, n, dtype=dtype)
+        g = torch.Generator().manual_seed(0)  # never touch the global RNG: exact resume needs it
+        a = torch.randn(n, n, generator=g).to(dtype)
+        b = torch.randn(n, n, generator=g).to(dtype)
         a @ b  # warm up
         reps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -66,7 +67,10 @@ def peak_flops(device: torch.device, dtype: torch.dtype, override: float | None 
         entry = _gpu_entry(GPU_PEAK_FLOPS, device)
         if entry:
             return entry[0] if dtype in (torch.bfloat16, torch.float16) else entry[1]
-        log.warning("unknown GPU %s: MFU uses 312 TFLOP/s; set --peak-flops", torch.cuda.get_device_name(device))
+        log.warning(
+            "unknown GPU %s: MFU uses 312 TFLOP/s; set --peak-flops",
+            torch.cuda.get_device_name(device),
+        )
         return 312e12
     if device.type == "cpu":
         return measured_cpu_peak(dtype)

@@ -141,7 +141,12 @@ class _Run:
             checkpointing.set_rng_state(state.rank_state["rng"])
             self.step, self.tokens_seen = state.step, state.tokens_seen
             self.metrics.truncate_after(self.step)
-            log.info("resumed from %s at step %d (%s tokens)", resume_from, self.step, f"{self.tokens_seen:,}")
+            log.info(
+                "resumed from %s at step %d (%s tokens)",
+                resume_from,
+                self.step,
+                f"{self.tokens_seen:,}",
+            )
         self.flops_per_token = self._flops_per_token()
         self.peak = peak_flops(self.device, self.amp_dtype, cfg.peak_flops)
 
@@ -269,7 +274,12 @@ class _Run:
         if result:
             self.last_hellaswag = result
             self._record("hellaswag", acc_norm=result["acc_norm"], acc=result["acc"], n=result["n"])
-            log.info("step %d | HellaSwag acc_norm %.4f (n=%d)", self.step, result["acc_norm"], result["n"])
+            log.info(
+                "step %d | HellaSwag acc_norm %.4f (n=%d)",
+                self.step,
+                result["acc_norm"],
+                result["n"],
+            )
             self._plot()
 
     def sample(self) -> None:
@@ -310,7 +320,9 @@ class _Run:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         full = get_model_state_dict(self.model, options=options)
         opt_state = get_optimizer_state_dict(self.model, self.optimizer, options=options)
-        model = build_model(self.raw.config, full, Path(WEIGHTS_NAME)) if self.info.is_main else None
+        model = (
+            build_model(self.raw.config, full, Path(WEIGHTS_NAME)) if self.info.is_main else None
+        )
         return model, opt_state
 
     def _amp(self) -> torch.dtype | None:
@@ -477,10 +489,14 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
                 rank=info.rank,
                 world_size=info.world_size,
             ),
-            samples=lambda m: sample_texts(m, cfg.sample_prompts, cfg.sample_max_new_tokens, cfg.seed),
+            samples=lambda m: sample_texts(
+                m, cfg.sample_prompts, cfg.sample_max_new_tokens, cfg.seed
+            ),
             hellaswag=_hellaswag_hook(cfg) if cfg.hellaswag_every else None,
         )
-        summary = fit(cfg, model, loader, hooks=hooks, info=info, metadata={"data_dir": cfg.data_dir})
+        summary = fit(
+            cfg, model, loader, hooks=hooks, info=info, metadata={"data_dir": cfg.data_dir}
+        )
         if info.is_main:
             summary["model_dir"] = str(_write_final_model(cfg, summary))
         return summary
@@ -518,7 +534,11 @@ def _write_final_model(cfg: TrainConfig, summary: dict[str, Any]) -> Path:
     from gpt124m.checkpoint import load_model, read_config
 
     source = latest[-1]
-    metadata = {k: v for k, v in read_config(source).items() if k not in ("format", "format_version", "model", "tokenizer")}
+    metadata = {
+        k: v
+        for k, v in read_config(source).items()
+        if k not in ("format", "format_version", "model", "tokenizer")
+    }
     model_dir = out / "model"
     save_pretrained(load_model(source), model_dir, metadata=metadata)
     for name in ("summary.json", "curves.png"):
