@@ -1,0 +1,421 @@
+"""Turn a text source into GPT-2 token shards plus `manifest.json`.
+
+Each document becomes `<|endoftext|>` followed by its tokens; documents run on across shard
+boundaries. The first `val_tokens` fill the `val_*` shards, the rest the `train_*` shards.
+Encoding runs on a thread pool (tiktoken releases the GIL) over chunks of documents, and results
+are consumed in order, so the output does not depend on the worker count.
+
+Resume: after each shard is renamed into place the manifest is rewritten with
+`"complete": false` and, per shard, where the document stream stood at its end (document index,
+tokens of that document already written, running counts). A rerun with the same settings checks
+the listed shards, skips the documents they cover without encoding them, and carries on.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gpt124m.atomic import atomic_write_text
+from gpt124m.data import shards as fmt
+from gpt124m.data.sources import Document, Source, open_source
+
+log = logging.getLogger(__name__)
+
+CHUNK_CHARS = 1 << 20
+CHUNK_DOCS = 4096
+COUNTERS = ("documents", "skipped_empty", "replaced_sequences", "repaired_documents")
+
+
+@dataclass
+class PrepareConfig:
+    source: str = (
+        "HuggingFaceFW/fineweb-edu"  # hub dataset id, or local path/glob/dir, or "builtin"
+    )
+    out_dir: str = "data/fineweb-edu"
+    hf_config: str | None = "sample-10BT"
+    split: str = "train"
+    text_field: str = "text"
+    split_lines: bool = False
+    shard_tokens: int = 100_000_000
+    val_tokens: int | None = None  # None = one shard's worth (as the seed run)
+    max_tokens: int | None = None
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.shard_tokens < 1:
+            raise ValueError(f"shard_tokens must be >= 1, got {self.shard_tokens}")
+        if self.val_tokens is not None and self.val_tokens < 0:
+            raise ValueError(f"val_tokens must be >= 0, got {self.val_tokens}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if not self.text_field:
+            raise ValueError("text_field is empty")
+
+    @property
+    def resolved_val_tokens(self) -> int:
+        return self.shard_tokens if self.val_tokens is None else self.val_tokens
+
+
+@dataclass
+class _Chunk:
+    first: int  # index of its first document in the source stream
+    tokens: np.ndarray  # uint16, every kept document as EOT + tokens
+    ends: np.ndarray  # cumulative token count at the end of each document
+    counts: np.ndarray  # [n_docs, len(COUNTERS)] per-document contributions to the counters
+    chars: int
+
+
+def _encode_chunk(first: int, docs: list[Document]) -> _Chunk:
+    from gpt124m.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    eot = tok.eot_id
+    ids: list[int] = []
+    lengths = np.zeros(len(docs), dtype=np.int64)
+    counts = np.zeros((len(docs), len(COUNTERS)), dtype=np.int64)
+    chars = 0
+    for i, (text, replaced) in enumerate(docs):
+        if not text or text.isspace():
+            counts[i, 1] = 1
+            continue
+        chars += len(text)
+        before = len(ids)
+        ids.append(eot)
+        ids.extend(tok.encode(text))
+        lengths[i] = len(ids) - before
+        counts[i, 0] = 1
+        counts[i, 2] = replaced
+        counts[i, 3] = replaced > 0
+    return _Chunk(first, np.array(ids, dtype=np.uint16), np.cumsum(lengths), counts, chars)
+
+
+def _chunks(docs: Iterator[Document], start: int) -> Iterator[tuple[int, list[Document]]]:
+    batch: list[Document] = []
+    chars = 0
+    first = start
+    for doc in docs:
+        batch.append(doc)
+        chars += len(doc[0] or "")
+        if chars >= CHUNK_CHARS or len(batch) >= CHUNK_DOCS:
+            yield first, batch
+            first += len(batch)
+            batch, chars = [], 0
+    if batch:
+        yield first, batch
+
+
+def _encoded(source: Source, start: int, workers: int) -> Iterator[_Chunk]:
+    """Encoded chunks in source order from document `start` on, `workers` threads ahead."""
+    docs = source.documents()
+    for _ in range(start):
+        if next(docs, None) is None:
+            raise ValueError("the source has fewer documents than the earlier run recorded")
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for first, batch in _chunks(docs, start):
+                pending.append(pool.submit(_encode_chunk, first, batch))
+                while len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _settings(cfg: PrepareConfig, source: Source) -> dict:
+    return {
+        "source": source.describe,
+        "shard_tokens": cfg.shard_tokens,
+        "val_tokens": cfg.resolved_val_tokens,
+        "max_tokens": cfg.max_tokens,
+    }
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"output directory {out} is not writable: {e}") from e
+
+
+def _previous(out: Path, settings: dict) -> dict | None:
+    """The manifest of an earlier run into `out` with these settings, its shards checked."""
+    path = out / fmt.MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("ignoring unreadable %s; starting over", path)
+        return None
+    if manifest.get("format") != fmt.MANIFEST_FORMAT:
+        raise ValueError(f"{path} is not a gpt124m token manifest; choose another output directory")
+    if manifest.get("settings") != settings:
+        raise ValueError(
+            f"{out} holds data prepared with other settings or another source; "
+            "choose another output directory or delete it"
+        )
+    kept = []
+    for entry in manifest.get("shards", []):
+        try:
+            header = fmt.read_header(out / entry["name"])
+        except (OSError, ValueError) as e:
+            log.warning("shard %s is damaged (%s); redoing from there", entry["name"], e)
+            break
+        if header["tokens"] != entry["tokens"]:
+            log.warning("shard %s does not match the manifest; redoing from there", entry["name"])
+            break
+        kept.append(entry)
+    if len(kept) < len(manifest.get("shards", [])):
+        manifest["complete"] = False
+    manifest["shards"] = kept
+    return manifest
+
+
+class _Writer:
+    """Fills val then train shards, writing each atomically and recording the manifest."""
+
+    def __init__(self, cfg: PrepareConfig, out: Path, base: dict, shards: list[dict]):
+        self.cfg, self.out, self.base = cfg, out, base
+        self.shards = shards
+        self.val_target = cfg.resolved_val_tokens
+        self.written = sum(s["tokens"] for s in shards)
+        self.val_written = sum(s["tokens"] for s in shards if s["split"] == "val")
+        self.buffer = np.empty(0, dtype=np.uint16)
+        self.fill = 0
+        self._next_buffer()
+
+    def _next_buffer(self) -> None:
+        if self.val_written < self.val_target:
+            self.split = "val"
+            size = min(self.cfg.shard_tokens, self.val_target - self.val_written)
+        else:
+            self.split, size = "train", self.cfg.shard_tokens
+        if self.cfg.max_tokens is not None:
+            size = min(size, max(self.cfg.max_tokens - self.written, 0))
+        if len(self.buffer) != size:
+            self.buffer = np.empty(size, dtype=np.uint16)
+        self.fill = 0
+
+    @property
+    def done(self) -> bool:
+        return self.cfg.max_tokens is not None and self.written >= self.cfg.max_tokens
+
+    @property
+    def space(self) -> int:
+        return len(self.buffer) - self.fill
+
+    def add(self, tokens: np.ndarray) -> None:
+        self.buffer[self.fill : self.fill + len(tokens)] = tokens
+        self.fill += len(tokens)
+        self.written += len(tokens)
+        if self.split == "val":
+            self.val_written += len(tokens)
+
+    def flush(self, end: dict) -> None:
+        """Write the buffer as the next shard of its split; `end` is where the stream stands."""
+        index = sum(1 for s in self.shards if s["split"] == self.split)
+        name = fmt.shard_name(self.split, index)
+        tokens = self.buffer[: self.fill]
+        digest = fmt.write_shard(self.out / name, tokens)
+        self.shards.append(
+            {
+                "name": name,
+                "split": self.split,
+                "tokens": int(self.fill),
+                "sha256": digest,
+                "end": end,
+            }
+        )
+        self.save(complete=False)
+        self._next_buffer()
+
+    def save(self, *, complete: bool, extra: dict | None = None) -> dict:
+        manifest = {**self.base, "complete": complete, "shards": self.shards, **(extra or {})}
+        atomic_write_text(self.out / fmt.MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        return manifest
+
+
+def _progress(cfg: PrepareConfig):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=cfg.max_tokens,
+        unit="tok",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+        desc="prepare",
+    )
+
+
+def _estimate_total(cfg: PrepareConfig, source: Source, tokens: int, chars: int, docs: int):
+    """Total-token guess for the ETA: from bytes read (local files) or documents (hub info)."""
+    guess = None
+    if source.total_bytes and chars:
+        guess = tokens * source.total_bytes / chars
+    elif source.total_documents and docs:
+        guess = tokens * source.total_documents / docs
+    if guess is None:
+        return cfg.max_tokens
+    return int(guess if cfg.max_tokens is None else min(guess, cfg.max_tokens))
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Prepare `cfg.source` into token shards under `cfg.out_dir`; return the manifest (also
+    written to out_dir/manifest.json). Reruns skip shards that are already complete."""
+    cfg.validate()
+    source = open_source(
+        cfg.source,
+        hf_config=cfg.hf_config,
+        split=cfg.split,
+        text_field=cfg.text_field,
+        split_lines=cfg.split_lines,
+    )
+    out = Path(cfg.out_dir)
+    _check_writable(out)
+    for stale in out.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    settings = _settings(cfg, source)
+    previous = _previous(out, settings)
+    if previous is not None and previous.get("complete"):
+        log.info("%s is already complete (%s tokens); nothing to do", out, previous["tokens"])
+        return previous
+
+    from gpt124m.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    base = {
+        "format": fmt.MANIFEST_FORMAT,
+        "format_version": fmt.MANIFEST_FORMAT_VERSION,
+        "tokenizer": tok.name,
+        "vocab_size": tok.n_vocab,
+        "eot_id": tok.eot_id,
+        "dtype": "uint16",
+        "shard_format_version": fmt.SHARD_FORMAT_VERSION,
+        "settings": settings,
+    }
+    shards = previous["shards"] if previous else []
+    writer = _Writer(cfg, out, base, shards)
+    if shards:
+        end = shards[-1]["end"]
+        start_doc, offset = end["document"], end["offset"]
+        totals = np.array([end[k] for k in COUNTERS], dtype=np.int64)
+        log.info("resuming after %d complete shards (%s tokens)", len(shards), writer.written)
+    else:
+        start_doc, offset = 0, 0
+        totals = np.zeros(len(COUNTERS), dtype=np.int64)
+
+    def stream_end(chunk: _Chunk, used: int) -> dict:
+        done = int(np.searchsorted(chunk.ends, used, side="right"))
+        before = int(chunk.ends[done - 1]) if done else 0
+        counts = totals + chunk.counts[:done].sum(axis=0)
+        return {
+            "document": chunk.first + done,
+            "offset": used - before,
+            **{k: int(v) for k, v in zip(COUNTERS, counts, strict=True)},
+        }
+
+    truncated = 0
+    next_doc = start_doc
+    t0 = time.perf_counter()
+    chars_seen = docs_seen = 0
+    bar = _progress(cfg)
+    bar.update(writer.written)
+    try:
+        for chunk in _encoded(source, start_doc, cfg.workers):
+            used, offset = offset, 0
+            n = len(chunk.tokens)
+            while used < n and not writer.done:
+                take = min(writer.space, n - used)
+                writer.add(chunk.tokens[used : used + take])
+                used += take
+                bar.update(take)
+                if writer.space == 0:
+                    writer.flush(stream_end(chunk, used))
+            if writer.done:
+                end = stream_end(chunk, used)
+                totals = np.array([end[k] for k in COUNTERS], dtype=np.int64)
+                truncated = int(end["offset"] > 0)
+                break
+            totals += chunk.counts.sum(axis=0)
+            next_doc = chunk.first + len(chunk.ends)
+            chars_seen += chunk.chars
+            docs_seen += len(chunk.ends)
+            bar.total = _estimate_total(cfg, source, writer.written, chars_seen, docs_seen)
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{int(totals[0]):,} docs, {docs_seen / elapsed:,.0f} docs/s")
+    finally:
+        bar.close()
+    if writer.fill:
+        counts = {k: int(v) for k, v in zip(COUNTERS, totals, strict=True)}
+        writer.flush({"document": next_doc, "offset": 0, **counts})
+    elapsed = time.perf_counter() - t0
+
+    counters = {k: int(v) for k, v in zip(COUNTERS, totals, strict=True)}
+    counters["documents"] += truncated
+    if writer.written == 0:
+        raise ValueError(
+            f"empty source: {cfg.source!r} produced no text "
+            f"({counters['skipped_empty']} empty documents skipped)"
+        )
+    splits = {
+        split: {
+            "tokens": sum(s["tokens"] for s in writer.shards if s["split"] == split),
+            "shards": sum(1 for s in writer.shards if s["split"] == split),
+        }
+        for split in ("val", "train")
+    }
+    if splits["train"]["tokens"] == 0:
+        raise ValueError(
+            f"the source has only {writer.written:,} tokens and all went to validation "
+            f"(val_tokens={cfg.resolved_val_tokens:,}); lower --val-tokens"
+        )
+    extra = {
+        "tokens": writer.written,
+        "documents": counters["documents"],
+        "splits": splits,
+        "skipped": {"empty_documents": counters["skipped_empty"]},
+        "repaired": {
+            "invalid_utf8_sequences_replaced": counters["replaced_sequences"],
+            "documents_with_replacements": counters["repaired_documents"],
+        },
+        "truncated_by_max_tokens": writer.done,
+    }
+    manifest = writer.save(complete=True, extra=extra)
+    if counters["replaced_sequences"]:
+        log.warning(
+            "replaced %d invalid UTF-8 sequences in %d documents with U+FFFD",
+            counters["replaced_sequences"],
+            counters["repaired_documents"],
+        )
+    log.info(
+        "prepared %s tokens from %s documents into %s (%d val + %d train shards) in %.1fs",
+        f"{writer.written:,}",
+        f"{counters['documents']:,}",
+        out,
+        splits["val"]["shards"],
+        splits["train"]["shards"],
+        elapsed,
+    )
+    return manifest

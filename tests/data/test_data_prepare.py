@@ -1,0 +1,310 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt124m.data import shards as fmt
+from gpt124m.data.loader import TokenLoader, load_shard, validation_batches
+from gpt124m.data.prepare import PrepareConfig, prepare
+from gpt124m.data.sources import decode_utf8, open_hf
+from gpt124m.tokenizer import get_tokenizer
+
+DOCS = [
+    "The quick brown fox jumps over the lazy dog. " * 9,
+    "Ünïcödé text — with «quotes» and 数字 123.",
+    "Short.",
+    "A longer document about tokenizers, shards and loaders. " * 30,
+    "Ends with a newline\n",
+    "<|endoftext|> appears here as plain text, not as the special token.",
+] * 3
+
+
+def expected_tokens(docs):
+    tok = get_tokenizer()
+    return np.array([t for d in docs for t in [tok.eot_id, *tok.encode(d)]], dtype=np.uint16)
+
+
+def all_tokens(out, manifest):
+    return np.concatenate([load_shard(out / s["name"]) for s in manifest["shards"]])
+
+
+def cfg(source, out, **kw):
+    kw.setdefault("shard_tokens", 300)
+    kw.setdefault("val_tokens", 100)
+    return PrepareConfig(source=str(source), out_dir=str(out), workers=2, progress=False, **kw)
+
+
+def write_jsonl(path, docs, field="text"):
+    path.write_text("".join(json.dumps({field: d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    return path
+
+
+def write_parquet(path, docs, field="text"):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({field: docs, "id": list(range(len(docs)))}), path, row_group_size=4)
+    return path
+
+
+def check(out, manifest, docs):
+    want = expected_tokens(docs)
+    got = all_tokens(out, manifest)
+    assert (
+        manifest["tokens"]
+        == len(want)
+        == len(docs) + sum(len(get_tokenizer().encode(d)) for d in docs)
+    )
+    assert np.array_equal(got, want)
+    assert manifest["documents"] == len(docs)
+    names = [s["name"] for s in manifest["shards"]]
+    assert names[0] == "val_000000.bin" and "train_000000.bin" in names
+    for s in manifest["shards"]:
+        assert fmt.sha256_file(out / s["name"]) == s["sha256"]
+    assert manifest["splits"]["val"]["tokens"] == 100
+    assert all(s["tokens"] <= 300 for s in manifest["shards"])
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+def test_prepare_txt_files(tmp_path):
+    src = tmp_path / "txt"
+    src.mkdir()
+    for i, d in enumerate(DOCS):
+        (src / f"doc{i:02d}.txt").write_text(d)
+    manifest = prepare(cfg(src, tmp_path / "out"))
+    check(tmp_path / "out", manifest, DOCS)
+    assert manifest["settings"]["source"]["kind"] == "local"
+
+
+@pytest.mark.parametrize("block", [7, 1 << 24])
+def test_prepare_txt_split_lines(tmp_path, monkeypatch, block):
+    monkeypatch.setattr("gpt124m.data.sources._READ_BLOCK", block)
+    src = tmp_path / "corpus.txt"
+    src.write_text("\n\n".join(DOCS) + "\n \n\n\r\n")
+    manifest = prepare(cfg(src, tmp_path / "out", split_lines=True))
+    paragraphs = [d.strip() for d in DOCS]
+    check(tmp_path / "out", manifest, paragraphs)
+
+
+def test_prepare_jsonl_and_glob(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", DOCS[:7])
+    write_jsonl(tmp_path / "b.jsonl", DOCS[7:])
+    manifest = prepare(cfg(tmp_path / "*.jsonl", tmp_path / "out"))
+    check(tmp_path / "out", manifest, DOCS)
+
+
+def test_prepare_json_array_with_text_field(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"body": d} for d in DOCS]))
+    manifest = prepare(cfg(tmp_path / "a.json", tmp_path / "out", text_field="body"))
+    check(tmp_path / "out", manifest, DOCS)
+
+
+def test_prepare_parquet(tmp_path):
+    write_parquet(tmp_path / "a.parquet", DOCS)
+    manifest = prepare(cfg(tmp_path / "a.parquet", tmp_path / "out"))
+    check(tmp_path / "out", manifest, DOCS)
+
+
+def test_hub_streaming_path_on_a_local_dataset(tmp_path):
+    pytest.importorskip("datasets")
+    ds_dir = tmp_path / "hubds"
+    ds_dir.mkdir()
+    write_parquet(ds_dir / "train.parquet", DOCS)
+    source = open_hf(str(ds_dir), hf_config=None, split="train", text_field="text")
+    assert source.describe["kind"] == "huggingface"
+    assert [t for t, _ in source.documents()] == DOCS
+    with pytest.raises(ValueError, match="no text field 'body'"):
+        open_hf(str(ds_dir), hf_config=None, split="train", text_field="body")
+
+
+def test_unknown_hub_dataset_fails_clearly_offline(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True, raising=False)
+    with pytest.raises(ValueError, match="cannot open Hugging Face dataset 'no-such-owner/no-such"):
+        prepare(cfg("no-such-owner/no-such-dataset", tmp_path / "out", hf_config="nope"))
+
+
+def test_worker_count_does_not_change_output(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    one = cfg(tmp_path / "a.jsonl", tmp_path / "one")
+    one.workers = 1
+    four = cfg(tmp_path / "a.jsonl", tmp_path / "four")
+    four.workers = 4
+    a, b = prepare(one), prepare(four)
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+
+
+def test_interrupt_and_rerun_is_identical(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    src = tmp_path / "a.jsonl"
+    reference = prepare(cfg(src, tmp_path / "ref", shard_tokens=97, val_tokens=150))
+
+    real_write = fmt.write_shard
+    written = []
+    fail_after = [4]
+
+    def recording_write(path, tokens):
+        if len(written) == fail_after[0]:
+            raise KeyboardInterrupt
+        written.append(Path(path).name)
+        return real_write(path, tokens)
+
+    monkeypatch.setattr(fmt, "write_shard", recording_write)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg(src, out, shard_tokens=97, val_tokens=150))
+    partial = json.loads((out / "manifest.json").read_text())
+    assert partial["complete"] is False and len(partial["shards"]) == 4
+    assert any(s["end"]["offset"] > 0 for s in partial["shards"]), "want a mid-document resume"
+    assert not list(out.glob(".*.tmp"))
+
+    written.clear()
+    fail_after[0] = -1
+    manifest = prepare(cfg(src, out, shard_tokens=97, val_tokens=150))
+    assert written and set(written).isdisjoint(s["name"] for s in partial["shards"])
+    assert manifest == reference
+    for s in reference["shards"]:
+        assert (out / s["name"]).read_bytes() == (tmp_path / "ref" / s["name"]).read_bytes()
+
+    written.clear()
+    assert prepare(cfg(src, out, shard_tokens=97, val_tokens=150)) == reference
+    assert written == []
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    prepare(cfg(tmp_path / "a.jsonl", tmp_path / "out"))
+    with pytest.raises(ValueError, match="other settings"):
+        prepare(cfg(tmp_path / "a.jsonl", tmp_path / "out", shard_tokens=500))
+
+
+def test_max_tokens_caps_the_total(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    manifest = prepare(cfg(tmp_path / "a.jsonl", tmp_path / "out", max_tokens=555))
+    assert manifest["tokens"] == 555 and manifest["truncated_by_max_tokens"]
+    assert np.array_equal(all_tokens(tmp_path / "out", manifest), expected_tokens(DOCS)[:555])
+
+
+def test_invalid_utf8_is_replaced_and_counted(tmp_path):
+    (tmp_path / "a.txt").write_bytes("good \ufffd kept ".encode() + b"bad \xff\xfe and \xc3 end")
+    (tmp_path / "b.txt").write_bytes(b"clean text")
+    manifest = prepare(cfg(tmp_path / "*.txt", tmp_path / "out", val_tokens=2, shard_tokens=10))
+    assert manifest["repaired"] == {
+        "invalid_utf8_sequences_replaced": 3,
+        "documents_with_replacements": 1,
+    }
+    assert decode_utf8(b"x\xffy")[1] == 1
+
+
+def test_empty_documents_are_skipped_and_counted(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", ["", *DOCS, "   "])
+    with open(tmp_path / "a.jsonl", "a") as f:
+        f.write(json.dumps({"text": None}) + "\n")
+    manifest = prepare(cfg(tmp_path / "a.jsonl", tmp_path / "out"))
+    assert manifest["skipped"] == {"empty_documents": 3}
+    check(tmp_path / "out", manifest, DOCS)
+
+
+@pytest.mark.parametrize(
+    "setup, kwargs, error, message",
+    [
+        ("empty_dir", {}, ValueError, "empty source"),
+        ("empty_docs", {}, ValueError, "empty source"),
+        ("no_match", {}, FileNotFoundError, "no files match"),
+        ("missing", {}, FileNotFoundError, "source not found"),
+        ("jsonl", {"text_field": "body"}, ValueError, "missing text field 'body'"),
+        ("parquet", {"text_field": "body"}, ValueError, "missing text field 'body'"),
+        ("bad_json", {}, ValueError, "not valid JSON"),
+        ("unsupported", {}, ValueError, "unsupported file type"),
+        ("jsonl", {"val_tokens": 10**6}, ValueError, "all went to validation"),
+        ("jsonl", {"shard_tokens": 0}, ValueError, "shard_tokens must be >= 1"),
+        ("jsonl", {"out": "file/sub"}, ValueError, "not writable"),
+    ],
+)
+def test_bad_input_errors(tmp_path, setup, kwargs, error, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    source = src
+    if setup == "empty_docs":
+        write_jsonl(src / "a.jsonl", ["", "  \n"])
+    elif setup == "no_match":
+        source = src / "*.txt"
+    elif setup == "missing":
+        source = tmp_path / "nothing-here.txt"
+    elif setup == "jsonl":
+        write_jsonl(src / "a.jsonl", DOCS)
+    elif setup == "parquet":
+        write_parquet(src / "a.parquet", DOCS)
+    elif setup == "bad_json":
+        (src / "a.jsonl").write_text('{"text": "ok"}\n{"text": broken\n')
+    elif setup == "unsupported":
+        source = src / "a.csv"
+        source.write_text("text\nhello\n")
+    out = tmp_path / "out"
+    if kwargs.pop("out", None):
+        (tmp_path / "file").write_text("a file, not a directory")
+        out = tmp_path / "file" / "sub"
+    with pytest.raises(error, match=message):
+        prepare(cfg(source, out, **kwargs))
+
+
+def test_builtin_corpus_feeds_the_loader(tmp_path):
+    out = tmp_path / "builtin"
+    manifest = prepare(
+        PrepareConfig(
+            source="builtin",
+            out_dir=str(out),
+            shard_tokens=200_000,
+            val_tokens=20_000,
+            max_tokens=300_000,
+            progress=False,
+        )
+    )
+    assert manifest["settings"]["source"]["kind"] == "builtin"
+    assert manifest["tokens"] == 300_000 and manifest["documents"] > 50
+    assert manifest["splits"]["val"]["tokens"] == 20_000
+    tokens = all_tokens(out, manifest)
+    assert tokens[0] == get_tokenizer().eot_id and tokens.max() < 50257
+    text = get_tokenizer().decode(tokens[1:2000].tolist())
+    assert text.isprintable() or "\n" in text
+    x, y = TokenLoader(out, batch_size=2, seq_len=64).next_batch()
+    assert x.shape == (2, 64)
+    assert len(list(validation_batches(out, batch_size=2, seq_len=64, max_tokens=1280))) == 10
+
+
+def test_cli_prepare(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpt124m",
+        "prepare",
+        "--source",
+        str(tmp_path / "a.jsonl"),
+        "--out",
+        str(out),
+        "--shard-tokens",
+        "300",
+        "--val-tokens",
+        "100",
+        "--workers",
+        "2",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["tokens"] == len(expected_tokens(DOCS))
+    assert "tok/s" in result.stderr and "docs/s" in result.stderr
+    bad = subprocess.run(
+        [*cmd[:5], str(tmp_path / "none.txt"), *cmd[6:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "gpt124m prepare: error: source not found" in bad.stderr
