@@ -20,5 +20,20 @@ def test_quickstart_runs_offline_and_val_loss_falls(tmp_path, capsys):
     # the model directory it leaves is what `gpt124m generate` loads
     model = load_model(out / "model")
     assert model.config.n_layer == 4
-    assert main(["generate", "--model", str(out / "model"), "--prompt", "The", "--temperature", "0", "--max-new-tokens", "5"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(out / "model"),
+                "--prompt",
+                "The",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip()

@@ -308,7 +308,8 @@ class _Run:
             info=self.info,
             keep=self.cfg.keep_checkpoints,
         )
-        log.info("step %d | checkpoint %s", self.step, path)
+        if self.info.is_main:
+            log.info("step %d | checkpoint %s", self.step, path)
 
     def _gather_fsdp(self):
         from torch.distributed.checkpoint.state_dict import (

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+NAME = "eval"
+HELP = "Evaluate a model: HellaSwag (two scoring conventions) or validation loss."
+
+log = logging.getLogger(__name__)
+
+
+def _common(p: argparse.ArgumentParser, out_default: str | None) -> None:
+    p.add_argument("--model", required=True, help="model directory, GPT-2 directory or hub id")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (torchrun: per rank)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast precision; auto picks bf16 where the hardware runs it natively",
+    )
+    p.add_argument(
+        "--out",
+        default=out_default,
+        help="directory for the result files"
+        + (f" (default: {out_default})" if out_default else ""),
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
+    hs = sub.add_parser(
+        "hellaswag",
+        help="HellaSwag validation accuracy, completion and harness conventions side by side",
+        description="HellaSwag validation accuracy under the completion (build-nanogpt) and "
+        "harness (lm-evaluation-harness) conventions, with a comparison to published numbers. "
+        "Multi-GPU: torchrun --nproc_per_node N -m gpt124m eval hellaswag ...",
+    )
+    _common(hs, "hellaswag-results")
+    hs.add_argument(
+        "--data",
+        help="local .jsonl or .parquet in the official layout (default: download the "
+        "validation split of Rowan/hellaswag from the Hugging Face Hub, cached)",
+    )
+    hs.add_argument("--limit", type=int, help="evaluate only the first N items")
+    hs.add_argument("--batch-size", type=int, default=16, help="items per forward pass")
+    hs.add_argument("--cache-dir", help="Hugging Face cache directory for the download")
+    hs.add_argument("--name", help="the model's name in the comparison (default: --model)")
+
+    loss = sub.add_parser(
+        "loss",
+        help="mean loss, perplexity and bits per byte on held-out tokens",
+        description="Mean next-token loss, perplexity and bits per byte over a deterministic "
+        "read of a prepared shard directory's val split, or of a text file.",
+    )
+    _common(loss, None)
+    loss.add_argument(
+        "--data", required=True, help="prepared shard directory (val split) or a UTF-8 text file"
+    )
+    loss.add_argument("--tokens", type=int, help="token budget over all ranks (default: all)")
+    loss.add_argument("--batch-size", type=int, default=8)
+    loss.add_argument("--seq-len", type=int, help="default: the model's block size")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gpt124m.train import distributed
+
+    for flag in ("limit", "batch_size", "tokens", "seq_len"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    info = distributed.init(args.device)
+    try:
+        if args.eval_command == "hellaswag":
+            return _hellaswag(args, info)
+        return _loss(args, info)
+    finally:
+        distributed.shutdown()
+
+
+def _setup(args, info):
+    from gpt124m.checkpoint import load_model
+    from gpt124m.train.trainer import resolve_precision
+
+    precision = resolve_precision(args.precision, info.device)
+    model = load_model(args.model, device=info.device)
+    if info.is_main:
+        log.info(
+            "loaded %s (%s parameters) on %s, %s, %d rank(s)",
+            args.model,
+            f"{model.num_params():,}",
+            info.device,
+            str(precision).removeprefix("torch."),
+            info.world_size,
+        )
+    return model, precision
+
+
+def _hellaswag(args, info) -> int:
+    from gpt124m.atomic import atomic_write_text
+    from gpt124m.eval import report
+    from gpt124m.eval.hellaswag import (
+        HellaSwagUnavailable,
+        evaluate_detailed,
+        load_items,
+        write_predictions,
+    )
+
+    if args.data is not None and not Path(args.data).is_file():
+        raise FileNotFoundError(f"--data {args.data}: no such file")
+    try:
+        items = load_items(args.data, limit=args.limit, cache_dir=args.cache_dir)
+    except HellaSwagUnavailable as e:
+        raise FileNotFoundError(str(e)) from None
+    model, precision = _setup(args, info)
+    result = evaluate_detailed(
+        model,
+        items,
+        batch_size=args.batch_size,
+        device=info.device,
+        autocast_dtype=precision,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    if not info.is_main:
+        return 0
+    name = args.name or args.model
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(result.records, out / "hellaswag_predictions.jsonl")
+    rows = report.comparison_rows(result.metrics, name)
+    table = report.comparison_table(rows)
+    atomic_write_text(out / "hellaswag_comparison.md", table)
+    report.plot_comparison(rows, out / "hellaswag_comparison.png", title=f"HellaSwag: {name}")
+    summary = {
+        "model": args.model,
+        "data": args.data or "hub:Rowan/hellaswag (validation)",
+        "limit": args.limit,
+        "precision": str(precision).removeprefix("torch."),
+        "world_size": info.world_size,
+        "results": result.metrics,
+    }
+    atomic_write_text(out / "hellaswag.json", json.dumps(summary, indent=2) + "\n")
+    for conv, m in result.metrics.items():
+        print(f"{conv:<10} acc {m['acc']:.4f}  acc_norm {m['acc_norm']:.4f}  n {m['n']:,}")
+    print()
+    print(table, end="")
+    log.info("wrote %s (predictions, comparison table and chart, hellaswag.json)", out)
+    return 0
+
+
+def _loss(args, info) -> int:
+    import numpy as np
+
+    from gpt124m.data.loader import token_batches, validation_batches
+    from gpt124m.eval.loss import evaluate_loss, gpt2_token_bytes
+
+    data = Path(args.data)
+    if not data.exists():
+        raise FileNotFoundError(f"--data {data}: no such file or directory")
+    model, precision = _setup(args, info)
+    seq_len = args.seq_len or model.config.block_size
+    if seq_len > model.config.block_size:
+        raise ValueError(f"--seq-len {seq_len} exceeds the model's block size")
+    shape = dict(
+        batch_size=args.batch_size,
+        seq_len=seq_len,
+        max_tokens=args.tokens,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    if data.is_dir():
+        batches = validation_batches(data, **shape)
+    else:
+        from gpt124m.tokenizer import get_tokenizer
+
+        try:
+            text = data.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--data {data}: not UTF-8 text ({e})") from None
+        tokens = np.asarray(get_tokenizer().encode(text), dtype=np.uint16)
+        batches = token_batches(tokens, **shape)
+    result = evaluate_loss(
+        model,
+        batches,
+        device=info.device,
+        autocast_dtype=precision,
+        token_bytes=gpt2_token_bytes(model.config.vocab_size),
+    )
+    if not info.is_main:
+        return 0
+    result.update(model=args.model, data=str(data), seq_len=seq_len, world_size=info.world_size)
+    print(
+        f"loss {result['loss']:.4f}  ppl {result['ppl']:.3f}  bits/byte {result['bpb']:.4f}  "
+        f"tokens {result['tokens']:,}  bytes {result['bytes']:,}"
+    )
+    if args.out:
+        from gpt124m.atomic import atomic_write_text
+
+        path = Path(args.out) / "loss.json"
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        log.info("wrote %s", path)
+    return 0

@@ -1,0 +1,272 @@
+"""The model card (README.md) of an exported model, from what the run recorded.
+
+Front matter is what the Hub reads (library, licence, data, base model, task, tags, CO2); the body
+documents the architecture, the training configuration, evaluation results, the run's plots and
+its energy estimate, each section only when the run recorded it, and usage snippets that load the
+real repo id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
+
+PROMPT = "Hello, I'm a language model,"
+IMAGE_CAPTIONS = {
+    "curves.png": "Training and validation loss",
+    "hellaswag.png": "HellaSwag accuracy during training",
+}
+METRIC_NAMES = {
+    "val_loss": "validation loss",
+    "hellaswag.acc_norm": "HellaSwag accuracy (length-normalised)",
+    "hellaswag.acc": "HellaSwag accuracy",
+    "hellaswag.n": "HellaSwag examples",
+}
+SUMMARY_ROWS = (
+    ("device", "Hardware", "{}"),
+    ("device_hours", "Device hours", "{:,.2f}"),
+    ("power_w", "Assumed power per device (W)", "{:,.0f}"),
+    ("energy_kwh", "Energy (kWh)", "{:,.3f}"),
+    ("grid_gco2_per_kwh", "Grid carbon intensity (gCO2eq/kWh)", "{:,.0f}"),
+    ("co2_kg", "Emissions (kg CO2eq)", "{:,.3f}"),
+)
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    """Everything a card says; `training`, `results` and `summary` may be absent."""
+
+    repo_id: str
+    fmt: str  # "remote-code" or "gpt2"
+    model_config: ModelConfig
+    license: str = "mit"
+    datasets: tuple[str, ...] = ()
+    base_model: str | None = None
+    training: Mapping[str, Any] | None = None
+    results: Mapping[str, Any] | None = None
+    summary: Mapping[str, Any] | None = None
+    images: tuple[str, ...] = ()
+
+    @property
+    def remote_code(self) -> bool:
+        return self.fmt == "remote-code"
+
+
+def front_matter(info: CardInfo) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "library_name": "transformers",
+        "license": info.license,
+        "datasets": list(info.datasets),
+        "pipeline_tag": "text-generation",
+        "tags": ["gpt124m", "gpt2", "causal-lm", "text-generation"]
+        + (["custom_code"] if info.remote_code else []),
+        "language": ["en"],
+    }
+    if info.base_model:
+        meta["base_model"] = info.base_model
+    co2 = (info.summary or {}).get("co2_kg")
+    if isinstance(co2, (int, float)):
+        meta["co2_eq_emissions"] = {
+            "emissions": round(co2 * 1000, 3),  # the Hub counts grams
+            "source": "gpt124m estimate: device hours x power x grid carbon intensity",
+            "training_type": "fine-tuning" if info.base_model else "pre-training",
+            **({"hardware_used": str(info.summary["device"])} if "device" in info.summary else {}),
+        }
+    return meta
+
+
+def render_card(info: CardInfo) -> str:
+    name = info.repo_id.rstrip("/").split("/")[-1]
+    sections = [
+        "---\n" + yaml.safe_dump(front_matter(info), sort_keys=False) + "---",
+        f"# {name}",
+        _intro(info),
+        _usage(info),
+        _architecture(info),
+        _training(info),
+        _results(info),
+        _plots(info),
+        _environment(info),
+        _limitations(),
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _intro(info: CardInfo) -> str:
+    c = info.model_config
+    base = f", fine-tuned from [{info.base_model}](https://huggingface.co/{info.base_model})"
+    text = (
+        f"A GPT-2-architecture language model with {c.num_params():,} parameters "
+        f"({c.n_layer} layers, {c.n_head} heads, {c.n_embd} dimensions, context {c.block_size})"
+        f"{base if info.base_model else ''}, trained and exported with gpt124m. "
+        "It uses GPT-2's BPE tokenizer."
+    )
+    if info.remote_code:
+        text += (
+            " The modeling code ships with the weights (`trust_remote_code=True`) and needs only "
+            "torch and transformers."
+        )
+    else:
+        text += (
+            " It is a standard GPT-2 checkpoint: `GPT2LMHeadModel` loads it with no custom code."
+        )
+    return text
+
+
+def usage_snippets(info: CardInfo) -> tuple[str, str]:
+    """The pipeline snippet and the `generate` snippet, naming `info.repo_id`."""
+    repo = info.repo_id
+    trust = ", trust_remote_code=True" if info.remote_code else ""
+    pipe = (
+        "from transformers import AutoTokenizer, pipeline\n"
+        "\n"
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}"{trust})\n'
+        "generator = pipeline(\n"
+        f'    "text-generation", model="{repo}", tokenizer=tokenizer{trust}, device="cpu"\n'
+        ")\n"
+        "outputs = generator(\n"
+        f'    "{PROMPT}",\n'
+        "    do_sample=True,\n"
+        "    max_length=40,\n"
+        "    temperature=0.9,\n"
+        "    top_p=0.5,\n"
+        "    top_k=50,\n"
+        ")\n"
+        'print(outputs[0]["generated_text"])\n'
+    )
+    generate = (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "\n"
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}"{trust})\n'
+        f'model = AutoModelForCausalLM.from_pretrained("{repo}"{trust})\n'
+        f'inputs = tokenizer(["{PROMPT}"], return_tensors="pt")\n'
+        "output_ids = model.generate(**inputs, max_new_tokens=30, do_sample=False)\n"
+        "print(tokenizer.decode(output_ids[0], skip_special_tokens=True))\n"
+    )
+    return pipe, generate
+
+
+def _usage(info: CardInfo) -> str:
+    pipe, generate = usage_snippets(info)
+    return (
+        "## Usage\n\n"
+        "With a `pipeline`:\n\n"
+        f"```python\n{pipe}```\n\n"
+        "With `generate` (greedy here; the KV cache is on by default):\n\n"
+        f"```python\n{generate}```\n\n"
+        "With gpt124m itself:\n\n"
+        f'```bash\ngpt124m generate --model {info.repo_id} --prompt "{PROMPT}"\n```'
+    )
+
+
+def _architecture(info: CardInfo) -> str:
+    c = info.model_config
+    vocab = (
+        f"{GPT2_VOCAB_SIZE:,}"
+        if not info.remote_code or c.vocab_size == GPT2_VOCAB_SIZE
+        else f"{GPT2_VOCAB_SIZE:,} (embedding padded to {c.vocab_size:,} rows, never generated)"
+    )
+    rows = [
+        ("Layers", f"{c.n_layer}"),
+        ("Attention heads", f"{c.n_head} (head size {c.head_dim})"),
+        ("Embedding size", f"{c.n_embd}"),
+        ("Context length", f"{c.block_size:,}"),
+        ("Vocabulary", vocab),
+        (
+            "Parameters",
+            f"{c.num_params():,} ({c.num_params(include_embeddings=False):,} non-embedding)",
+        ),
+        ("Training FLOPs per token", f"{c.flops_per_token():,}"),
+        ("Block", "pre-LayerNorm, fused QKV, GELU (tanh) MLP 4x, biases"),
+        ("Output head", "tied to the token embedding"),
+        ("Dropout", f"{c.dropout}"),
+    ]
+    return "## Architecture\n\n" + _table(("", ""), rows)
+
+
+def _training(info: CardInfo) -> str:
+    parts = []
+    if info.training:
+        rows = [(f"`{k}`", _fmt(v)) for k, v in _flatten(info.training)]
+        parts.append("Training configuration:\n\n" + _table(("setting", "value"), rows))
+    summary = info.summary or {}
+    facts = []
+    if isinstance(summary.get("tokens_seen"), (int, float)):
+        facts.append(f"tokens seen: {summary['tokens_seen']:,.0f}")
+    if isinstance(summary.get("wall_time_s"), (int, float)):
+        facts.append(f"wall time: {summary['wall_time_s'] / 3600:,.2f} h")
+    if summary.get("device"):
+        facts.append(f"hardware: {summary['device']}")
+    if facts:
+        parts.append("Run: " + "; ".join(facts) + ".")
+    return "## Training\n\n" + "\n\n".join(parts) if parts else ""
+
+
+def _results(info: CardInfo) -> str:
+    if not info.results:
+        return ""
+    rows = [(METRIC_NAMES.get(k, k), _fmt(v)) for k, v in _flatten(info.results)]
+    return "## Evaluation\n\n" + _table(("metric", "value"), rows)
+
+
+def _plots(info: CardInfo) -> str:
+    if not info.images:
+        return ""
+    body = "\n\n".join(f"![{IMAGE_CAPTIONS.get(n, n)}]({n})" for n in info.images)
+    return "## Training curves\n\n" + body
+
+
+def _environment(info: CardInfo) -> str:
+    summary = info.summary or {}
+    rows = [(label, fmt.format(summary[key])) for key, label, fmt in SUMMARY_ROWS if key in summary]
+    if not rows:
+        return ""
+    return (
+        "## Environmental impact\n\n"
+        "Estimated from the run summary as device hours x assumed power per device x grid "
+        "carbon intensity (the method of Lacoste et al., 2019); the assumed power is a typical "
+        "draw, not a measurement.\n\n" + _table(("", ""), rows)
+    )
+
+
+def _limitations() -> str:
+    return (
+        "## Limitations\n\n"
+        "A small language model trained on web text: it continues text fluently but states "
+        "falsehoods, repeats itself, and reproduces biases of its data. It has no safety tuning; "
+        "do not use it for decisions about people or where factual accuracy matters."
+    )
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows.extend(_flatten(value, name + "."))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: tuple[str, str], rows: list[tuple[str, str]]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines)

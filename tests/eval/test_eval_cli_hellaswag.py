@@ -1,0 +1,97 @@
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from gpt124m.checkpoint import load_model
+from gpt124m.cli import main
+from gpt124m.eval import hellaswag as hs
+
+
+def run_cli(tmp_path, model_dir, data, *extra):
+    out = tmp_path / "out"
+    argv = ["eval", "hellaswag", "--model", str(model_dir), "--data", str(data)]
+    return main([*argv, "--out", str(out), "--device", "cpu", *extra]), out
+
+
+def test_cli_writes_results_table_chart_and_predictions(tmp_path, model_dir, jsonl_file, capsys):
+    code, out = run_cli(tmp_path, model_dir, jsonl_file, "--limit", "5", "--batch-size", "2")
+    assert code == 0
+    summary = json.loads((out / "hellaswag.json").read_text())
+    expected = hs.evaluate(
+        load_model(model_dir), hs.load_items(jsonl_file, limit=5), progress=False
+    )
+    assert summary["results"] == expected
+    assert summary["limit"] == 5 and summary["results"]["harness"]["n"] == 5
+    preds = (out / "hellaswag_predictions.jsonl").read_text().splitlines()
+    assert [json.loads(p)["ind"] for p in preds] == [100, 101, 102, 103, 104]
+    table = (out / "hellaswag_comparison.md").read_text()
+    for line in (
+        "| GPT-2 124M | completion | 0.2955 |",
+        "| GPT-2 124M | harness | 0.3114 |",
+        "| GPT-3 Small (125M) | paper | 0.3370 |",
+        "| Seed GPT-124M | completion | 0.3315 |",
+        f"| completion | {expected['completion']['acc_norm']:.4f} | {expected['completion']['acc']:.4f} | 5 |",
+    ):
+        assert line in table
+    assert (out / "hellaswag_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stdout = capsys.readouterr().out
+    assert table in stdout
+    assert f"acc_norm {expected['harness']['acc_norm']:.4f}" in stdout
+
+
+def test_cli_names_the_bad_line(tmp_path, model_dir, rows, capsys):
+    lines = [json.dumps(r) for r in rows[:4]]
+    lines[1] = json.dumps({**rows[1], "endings": [1, 2, 3, 4]})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    code, _ = run_cli(tmp_path, model_dir, bad)
+    assert code == 2
+    assert "bad.jsonl: line 2: endings must be a list" in capsys.readouterr().err
+    code, _ = run_cli(tmp_path, model_dir, tmp_path / "missing.jsonl")
+    assert code == 2
+    assert "missing.jsonl: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_equal_one_process(tmp_path, model_dir, make_rows, make_parquet, torchrun):
+    argv, env = torchrun
+    data = make_parquet(tmp_path / "val.parquet", make_rows(9))  # 9 items: ranks get 5 and 4
+    args = [
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(
+        argv(2, "eval", "hellaswag", *args, "--out", str(tmp_path / "ddp")),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["eval", "hellaswag", *args, "--out", str(tmp_path / "one")]) == 0
+    ddp = json.loads((tmp_path / "ddp" / "hellaswag.json").read_text())
+    one = json.loads((tmp_path / "one" / "hellaswag.json").read_text())
+    assert ddp["world_size"] == 2 and one["world_size"] == 1
+    assert ddp["results"] == one["results"]
+    assert ddp["results"]["completion"]["n"] == 9
+
+    def read(d):
+        lines = (tmp_path / d / "hellaswag_predictions.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in lines]
+
+    for a, b in zip(read("ddp"), read("one"), strict=True):
+        assert a["ind"] == b["ind"]
+        for conv, key in (("completion", "loss_sum"), ("harness", "logprob")):
+            assert (a[conv]["pred"], a[conv]["pred_norm"]) == (
+                b[conv]["pred"],
+                b[conv]["pred_norm"],
+            )
+            np.testing.assert_allclose(a[conv][key], b[conv][key], rtol=1e-6)

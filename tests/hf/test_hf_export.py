@@ -1,0 +1,210 @@
+"""Export directories as files: layout, native loading, GPT-2 round trip, CLI, atomicity."""
+
+from __future__ import annotations
+
+import ast
+import importlib.resources
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt124m.checkpoint import load_model
+from gpt124m.cli import main
+from gpt124m.config import GPT2_VOCAB_SIZE
+from gpt124m.generate import GenerationConfig, generate_text
+from gpt124m.hf import export as export_mod
+from gpt124m.hf.export import AUTO_MAP, REMOTE_FILES, export
+from gpt124m.tokenizer import get_tokenizer
+
+REMOTE = importlib.resources.files("gpt124m.hf") / "remote"
+
+
+def test_remote_code_directory_has_everything_transformers_needs(remote_dir, native_model):
+    files = {p.name for p in remote_dir.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "README.md",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        *REMOTE_FILES,
+    } <= files
+    config = json.loads((remote_dir / "config.json").read_text())
+    assert config["auto_map"] == AUTO_MAP
+    assert config["model_type"] == "gpt124m"
+    assert config["architectures"] == ["GPT124MForCausalLM"]
+    c = native_model.config
+    shape = (c.n_layer, c.n_head, c.n_embd)
+    assert (config["n_layer"], config["n_head"], config["n_embd"]) == shape
+    assert (config["n_positions"], config["vocab_size"]) == (c.block_size, c.vocab_size)
+    assert config["tokenizer_vocab_size"] == GPT2_VOCAB_SIZE
+    assert config["torch_dtype"] == "float32"
+    for name in REMOTE_FILES:
+        assert (remote_dir / name).read_text() == (REMOTE / name).read_text()
+    tok_config = json.loads((remote_dir / "tokenizer_config.json").read_text())
+    assert tok_config["model_max_length"] == c.block_size
+    assert tok_config["pad_token"] == "<|endoftext|>"
+    gen = json.loads((remote_dir / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == get_tokenizer().eot_id
+
+
+def test_remote_code_directory_is_also_a_native_directory(remote_dir, native_dir, native_model):
+    config = json.loads((remote_dir / "config.json").read_text())
+    native_config = json.loads((native_dir / "config.json").read_text())
+    for key in ("format", "format_version", "model", "training", "results"):
+        assert config[key] == native_config[key]
+    exported = load_file(str(remote_dir / "model.safetensors"))
+    assert exported.keys() == load_file(str(native_dir / "model.safetensors")).keys()
+    assert "lm_head.weight" not in exported
+    loaded = load_model(remote_dir)
+    for name, tensor in native_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+
+
+def test_run_artefacts_are_copied(remote_dir, native_dir):
+    for name in ("summary.json", "curves.png", "hellaswag.png"):
+        assert (remote_dir / name).read_bytes() == (native_dir / name).read_bytes()
+
+
+def test_remote_code_imports_only_torch_transformers_and_stdlib():
+    allowed = {"torch", "transformers", "dataclasses", "math"}
+    for name in REMOTE_FILES:
+        tree = ast.parse((REMOTE / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = set() if node.level else {node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed, f"{name} imports {roots - allowed}"
+
+
+def test_gpt2_directory_has_transformers_gpt2_layout(gpt2_dir, native_model):
+    config = json.loads((gpt2_dir / "config.json").read_text())
+    assert config["model_type"] == "gpt2"
+    assert config["vocab_size"] == GPT2_VOCAB_SIZE
+    assert "auto_map" not in config and "format" not in config
+    assert not any(p.suffix == ".py" for p in gpt2_dir.iterdir())
+    tensors = load_file(str(gpt2_dir / "model.safetensors"))
+    d = native_model.config.n_embd
+    assert tensors["transformer.wte.weight"].shape == (GPT2_VOCAB_SIZE, d)
+    assert tensors["transformer.h.0.attn.c_attn.weight"].shape == (d, 3 * d)  # Conv1D: [in, out]
+    assert tensors["transformer.h.0.mlp.c_proj.weight"].shape == (4 * d, d)
+    assert "lm_head.weight" not in tensors
+
+
+def test_gpt2_round_trip_through_import_is_exact(gpt2_dir, native_model, tmp_path):
+    loaded = load_model(gpt2_dir)
+    original = native_model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        if name in ("transformer.wte.weight", "lm_head.weight"):
+            assert torch.equal(tensor[:GPT2_VOCAB_SIZE], original[name][:GPT2_VOCAB_SIZE])
+            assert not tensor[GPT2_VOCAB_SIZE:].any()  # padding rows come back as zeros
+        else:
+            assert torch.equal(tensor, original[name]), name
+    ids = torch.randint(0, GPT2_VOCAB_SIZE, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, _ = native_model(ids)
+        theirs, _ = loaded(ids)
+    assert torch.equal(theirs[..., :GPT2_VOCAB_SIZE], ours[..., :GPT2_VOCAB_SIZE])
+    again = export(gpt2_dir, tmp_path / "again", fmt="gpt2")
+    first = load_file(str(gpt2_dir / "model.safetensors"))
+    second = load_file(str(again / "model.safetensors"))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("which", ["remote_dir", "gpt2_dir"])
+def test_generate_cli_accepts_exported_directories(which, request, native_model, capsys):
+    out_dir = request.getfixturevalue(which)
+    prompt = "The meaning of life is"
+    argv = ["generate", "--model", str(out_dir), "--prompt", prompt, "--temperature", "0"]
+    assert main([*argv, "--max-new-tokens", "8", "--device", "cpu"]) == 0
+    cfg = GenerationConfig(max_new_tokens=8)
+    expected = generate_text(native_model, get_tokenizer(), [prompt], cfg)[0]
+    assert capsys.readouterr().out == expected + "\n"
+
+
+@pytest.mark.parametrize("which", ["remote_dir", "gpt2_dir"])
+def test_hub_ids_of_exports_load_natively(which, request, repo_ids, offline_hub, capsys):
+    """What users of a pushed model do: name its hub id (served here from an offline cache)."""
+    local = load_model(request.getfixturevalue(which))
+    from_hub = load_model(repo_ids[which])
+    for name, tensor in local.state_dict().items():
+        assert torch.equal(from_hub.state_dict()[name], tensor), name
+    argv = ["generate", "--model", repo_ids[which], "--prompt", "Hi", "--temperature", "0"]
+    assert main([*argv, "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    expected = generate_text(local, get_tokenizer(), ["Hi"], GenerationConfig(max_new_tokens=4))
+    assert capsys.readouterr().out == expected[0] + "\n"
+
+
+def test_exporting_a_hub_gpt2_checkpoint_names_it_as_base_model(repo_ids, offline_hub, tmp_path):
+    out = export(repo_ids["gpt2_dir"], tmp_path / "re", repo_id="bob/re-export")
+    card = (out / "README.md").read_text()
+    assert f"base_model: {repo_ids['gpt2_dir']}\n" in card.split("\n---\n")[0]
+    assert json.loads((out / "config.json").read_text())["training"]["preset"] == "tiny"
+
+
+def test_metadata_that_would_change_transformers_settings_is_not_carried(native_model, tmp_path):
+    from gpt124m.checkpoint import save_pretrained
+
+    metadata = {"dtype": "bfloat16", "step": 19073, "training": {"preset": "tiny"}}
+    save_pretrained(native_model, tmp_path / "native", metadata=metadata)
+    out = export(tmp_path / "native", tmp_path / "out")
+    config = json.loads((out / "config.json").read_text())
+    assert config["torch_dtype"] == "float32" and "dtype" not in config
+    assert config["step"] == 19073 and config["training"] == {"preset": "tiny"}
+
+
+def test_export_refuses_a_non_empty_destination_unless_forced(native_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    with pytest.raises(ValueError, match="not empty; pass --force"):
+        export(native_dir, out)
+    export(native_dir, out, force=True)
+    assert not (out / "stale.txt").exists()
+    assert (out / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or backup left
+
+
+def test_failed_export_leaves_nothing_behind(native_dir, tmp_path, monkeypatch):
+    def broken(info):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export_mod, "render_card", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export(native_dir, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_rejects_bad_input(native_dir, tmp_path):
+    with pytest.raises(ValueError, match="--format 'onnx'"):
+        export(native_dir, tmp_path / "a", fmt="onnx")
+    with pytest.raises(ValueError, match="source model directory"):
+        export(native_dir, native_dir, force=True)
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        export(tmp_path / "missing", tmp_path / "b")
+
+
+def test_export_cli(native_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["export", str(native_dir), str(out), "--format", "gpt2", "--repo-id", "alice/tiny"]
+    argv += ["--dataset", "karpathy/tinyshakespeare", "--base-model", "alice/base"]
+    assert main([*argv, "--license", "apache-2.0"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"{out} (gpt2)" in stdout and "model.safetensors" in stdout
+    card = (out / "README.md").read_text()
+    assert '"alice/tiny"' in card
+    front = card.split("\n---\n")[0]
+    assert "license: apache-2.0" in front and "- karpathy/tinyshakespeare" in front
+    assert "base_model: alice/base" in front
+    assert main(["export", str(native_dir), str(out)]) == 2
+    assert "not empty; pass --force" in capsys.readouterr().err

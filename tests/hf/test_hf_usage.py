@@ -1,0 +1,95 @@
+"""The model card's usage snippets, run unchanged in a fresh process that cannot import gpt124m.
+
+That process is what a Hub user has: torch and transformers, and the repo the card names, here
+served offline from an HF cache (HF_HOME) where the fixtures published each export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from gpt124m.generate import GenerationConfig, generate
+from gpt124m.hf.card import PROMPT
+from gpt124m.tokenizer import get_tokenizer
+
+HARNESS = r"""
+import json, sys
+sys.modules["gpt124m"] = None  # exported code must stand alone: importing gpt124m now fails
+import transformers
+
+lengths = []  # sequence lengths that generate returned, to check the snippets' length limits
+original_generate = transformers.GenerationMixin.generate
+
+def recording_generate(self, *args, **kwargs):
+    out = original_generate(self, *args, **kwargs)
+    lengths.append((out if hasattr(out, "shape") else out.sequences).shape[-1])
+    return out
+
+transformers.GenerationMixin.generate = recording_generate
+snippets = json.loads(sys.stdin.read())
+report = []
+for i, code in enumerate(snippets):
+    namespace = {}
+    lengths.clear()
+    exec(compile(code, f"<card snippet {i}>", "exec"), namespace)
+    if "outputs" in namespace:
+        report.append({"pipeline": namespace["outputs"], "lengths": list(lengths)})
+    else:
+        report.append({"output_ids": namespace["output_ids"].tolist(), "lengths": list(lengths)})
+print("REPORT " + json.dumps(report))
+"""
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, re.S)
+
+
+@pytest.mark.parametrize("which", ["remote_dir", "gpt2_dir"])
+def test_card_snippets_run_unchanged_against_the_export(
+    which, request, repo_ids, native_model, hf_home, tmp_path
+):
+    pytest.importorskip("transformers")
+    out_dir = request.getfixturevalue(which)
+    snippets = python_blocks((out_dir / "README.md").read_text())
+    assert len(snippets) == 2
+    assert all(f'"{repo_ids[which]}"' in snippet for snippet in snippets)
+    env = {
+        **os.environ,
+        "HF_HOME": str(hf_home),
+        "HF_MODULES_CACHE": str(hf_home / "modules"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", HARNESS],
+        input=json.dumps(snippets),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("REPORT "))
+    pipeline_report, generate_report = json.loads(line.removeprefix("REPORT "))
+
+    # pipeline(..., do_sample=True, max_length=40, ...): random text that continues the prompt
+    outputs = pipeline_report["pipeline"]
+    assert isinstance(outputs, list) and len(outputs) == 1
+    text = outputs[0]["generated_text"]
+    assert isinstance(text, str) and text.startswith(PROMPT) and len(text) > len(PROMPT)
+    assert len(pipeline_report["lengths"]) == 1 and pipeline_report["lengths"][0] <= 40
+    tokenizer = get_tokenizer()
+
+    # model.generate(..., do_sample=False): exactly our greedy continuation
+    prompt_ids = tokenizer.encode(PROMPT)
+    expected = generate(native_model, [prompt_ids], GenerationConfig(max_new_tokens=30))[0]
+    assert generate_report["output_ids"][0] == prompt_ids + expected
