@@ -35,6 +35,9 @@ def save_pretrained(
     tokenizer_files: bool = True,
 ) -> Path:
     """Write a model directory atomically, file by file; `metadata` lands in config.json."""
+    reserved = sorted(set(metadata or {}) & {"format", "format_version", "model"})
+    if reserved:
+        raise ValueError(f"metadata may not set {', '.join(reserved)}: save_pretrained writes them")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -120,36 +123,43 @@ def native_config(model_dir: Path, config_data: dict[str, Any]) -> ModelConfig:
         raise ValueError(f"{model_dir / CONFIG_NAME}: bad model config ({e})") from None
 
 
-def resolve_source(source: str | os.PathLike) -> Path:
-    """A local directory as is; otherwise a Hugging Face hub id, downloaded into the HF cache."""
+def resolve_source(source: str | os.PathLike, *, config_only: bool = False) -> Path:
+    """A local directory as is; otherwise a Hugging Face hub id, downloaded into the HF cache.
+
+    `config_only` fetches just `config.json` from the hub (enough to describe a model).
+    """
     path = Path(source).expanduser()
     if path.is_dir():
         return path
     text = str(source)
-    looks_like_path = text.startswith((".", "/", "~")) or path.suffix or text.count("/") > 1
-    if path.exists() or looks_like_path:
-        raise FileNotFoundError(f"{source}: not a model directory")
+    if path.exists():
+        raise NotADirectoryError(f"{source}: not a model directory (it is a file)")
+    if text.startswith((".", "/", "~")) or not _is_repo_id(text):
+        raise FileNotFoundError(f"{source}: not a model directory (no such directory)")
     from huggingface_hub import snapshot_download
 
+    patterns = (
+        [CONFIG_NAME]
+        if config_only
+        else ["*.json", "*.safetensors", "*.py", "*.txt", "*.md", "*.png"]
+    )
     try:
-        return Path(
-            snapshot_download(
-                text,
-                allow_patterns=[
-                    "*.json",
-                    "*.safetensors",
-                    "*.py",
-                    "*.txt",
-                    "*.md",
-                    "*.png",
-                ],
-            )
-        )
+        return Path(snapshot_download(text, allow_patterns=patterns))
     except Exception as e:
         raise FileNotFoundError(
             f"{source}: not a local directory, and downloading it from the Hugging Face Hub "
             f"failed ({type(e).__name__}: {e})"
         ) from None
+
+
+def _is_repo_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _source_kind(model_dir: Path, data: dict[str, Any]) -> str:
@@ -164,8 +174,8 @@ def _source_kind(model_dir: Path, data: dict[str, Any]) -> str:
 
 
 def model_config(source: str | os.PathLike) -> ModelConfig:
-    """The ModelConfig of any model source, without reading its weights."""
-    model_dir = resolve_source(source)
+    """The ModelConfig of any model source, without reading (or downloading) its weights."""
+    model_dir = resolve_source(source, config_only=True)
     data = read_config(model_dir)
     if _source_kind(model_dir, data) == "native":
         return native_config(model_dir, data)

@@ -1,9 +1,9 @@
 """Text generation with a KV cache: greedy or sampled, batched, streaming, with stop conditions.
 
 Semantics follow transformers so numbers and habits carry over: repetition penalty, then
-temperature, then top-k, then top-p; `max_length` counts the prompt, `max_new_tokens` does not;
-`do_sample=False` (or temperature 0) is greedy. Ids in the padded part of the vocabulary
-(>= 50257) can never be produced.
+temperature, then top-k, then top-p; `max_length` counts the prompt, `max_new_tokens` does not
+(and wins when both are set); `do_sample=False` (or temperature 0) is greedy. Ids in the padded
+part of the vocabulary (>= 50257) can never be produced.
 
 Prompt plus new tokens may not exceed the model's block size: that raises `ValueError` rather
 than silently sliding a window, since a window changes what the model conditions on.
@@ -20,10 +20,14 @@ from gpt124m.config import GPT2_VOCAB_SIZE
 from gpt124m.model import GPT, KVCache
 from gpt124m.tokenizer import EOT_ID, Tokenizer
 
+DEFAULT_MAX_NEW_TOKENS = 64
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int | None = 64
+    """Decoding settings. With neither length set, 64 new tokens."""
+
+    max_new_tokens: int | None = None
     max_length: int | None = None
     do_sample: bool = False
     temperature: float = 1.0
@@ -35,30 +39,30 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # also refuses NaN
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
+        if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens is not None and self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
-        if self.max_new_tokens is None and self.max_length is None:
-            raise ValueError("set max_new_tokens or max_length")
 
     @property
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature == 0
 
     def new_token_budget(self, prompt_len: int) -> int:
-        """`max_length` (total, as in transformers) wins over `max_new_tokens` when both are set."""
+        """As in transformers: `max_new_tokens` if set, else `max_length` minus the prompt."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
         if self.max_length is not None:
             return max(self.max_length - prompt_len, 0)
-        return self.max_new_tokens
+        return DEFAULT_MAX_NEW_TOKENS
 
 
 def process_logits(
@@ -86,15 +90,17 @@ def process_logits(
     return logits
 
 
-def _validate_prompts(prompts: Sequence[Sequence[int]]) -> None:
+def _validate_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
     if len(prompts) == 0:
         raise ValueError("prompt must not be empty: give at least one prompt")
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty: give at least one token")
+        bad = [t for t in p if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"prompt {i} holds token ids outside [0, {vocab_size}): {bad[:5]}")
 
 
-@torch.inference_mode()
 def decode_steps(
     model: GPT,
     prompts: Sequence[Sequence[int]],
@@ -106,9 +112,10 @@ def decode_steps(
 
     `finished` is live: a caller may set rows to True (a stop string appeared) and they stop
     producing tokens. Rows are left-padded, so each row computes what it would alone.
+    Model work runs in inference mode; `finished` is an ordinary tensor so callers can write it.
     """
     cfg.validate()
-    _validate_prompts(prompts)
+    _validate_prompts(prompts, model.config.vocab_size)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     B = len(prompts)
@@ -122,52 +129,78 @@ def decode_steps(
         )
     if budget == 0:
         return
-    ids = torch.full((B, longest), EOT_ID, dtype=torch.long, device=device)
-    mask = torch.zeros((B, longest), dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, longest - len(p) :] = torch.as_tensor(list(p), dtype=torch.long, device=device)
-        mask[i, longest - len(p) :] = True
-    attention_mask = None if bool(mask.all()) else mask
     vocab_limit = min(vocab_size, model.config.vocab_size)
-    seen = None
-    if cfg.repetition_penalty != 1.0:
-        seen = torch.zeros((B, model.config.vocab_size), dtype=torch.bool, device=device)
-        seen.scatter_(1, ids, mask)
     generator = None
     if not cfg.greedy:
         generator = torch.Generator(device=device)
-        generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+        if cfg.seed is None:
+            generator.seed()  # fresh entropy, leaving the global RNG untouched
+        else:
+            generator.manual_seed(cfg.seed)
     eos = cfg.eos_token_id
-    filler = eos if eos is not None else EOT_ID
+    filler = torch.tensor(eos if eos is not None else EOT_ID, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
 
-    cache = KVCache(model.config, B, longest + budget, device, dtype)
     was_training = model.training
     model.eval()
     try:
-        logits, _ = model(ids, attention_mask=attention_mask, cache=cache, last_only=True)
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        with torch.inference_mode():
+            ids, mask = _left_pad(prompts, longest, device)
+            attention_mask = None if bool(mask.all()) else mask
+            seen = None
+            if cfg.repetition_penalty != 1.0:
+                # Index real tokens only: scattering the padding too would race with a real EOT.
+                seen = torch.zeros((B, model.config.vocab_size), dtype=torch.bool, device=device)
+                rows = torch.arange(B, device=device)[:, None].expand_as(ids)
+                seen[rows[mask], ids[mask]] = True
+            cache = KVCache(model.config, B, longest + budget, device, dtype)
+            logits, _ = model(ids, attention_mask=attention_mask, cache=cache, last_only=True)
         for step in range(budget):
-            scores = logits[:, -1, :].float()
-            scores[:, vocab_limit:] = float("-inf")
-            scores = process_logits(scores, cfg, seen)
-            if cfg.greedy:
-                tokens = scores.argmax(dim=-1)
-            else:
-                probs = scores.softmax(dim=-1)
-                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            tokens = torch.where(finished, torch.full_like(tokens, filler), tokens)
+            with torch.inference_mode():
+                tokens = _next_tokens(logits[:, -1, :], cfg, seen, generator, vocab_limit)
+            tokens = torch.where(finished, filler, tokens)
             yield tokens, finished
             if eos is not None:
                 finished |= tokens == eos
-            if bool(finished.all()) or step == budget - 1:
+            if step == budget - 1 or bool(finished.all()):
                 return
-            if seen is not None:
-                seen.scatter_(1, tokens[:, None], True)
-            if attention_mask is not None:
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-            logits, _ = model(tokens[:, None], attention_mask=attention_mask, cache=cache)
+            with torch.inference_mode():
+                if seen is not None:
+                    seen.scatter_(1, tokens[:, None], True)
+                if attention_mask is not None:
+                    attention_mask = torch.cat([attention_mask, mask.new_ones(B, 1)], dim=1)
+                logits, _ = model(tokens[:, None], attention_mask=attention_mask, cache=cache)
     finally:
         model.train(was_training)
+
+
+def _left_pad(
+    prompts: Sequence[Sequence[int]], length: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(prompts), length), EOT_ID, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, length - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, length - len(p) :] = True
+    return ids.to(device), mask.to(device)
+
+
+def _next_tokens(
+    logits: torch.Tensor,
+    cfg: GenerationConfig,
+    seen: torch.Tensor | None,
+    generator: torch.Generator | None,
+    vocab_limit: int,
+) -> torch.Tensor:
+    """One token per row from [B, V] logits; ids >= `vocab_limit` (padding rows) are excluded."""
+    scores = logits[:, :vocab_limit].float()
+    if seen is not None:
+        seen = seen[:, :vocab_limit]
+    scores = process_logits(scores, cfg, seen)
+    if cfg.greedy:
+        return scores.argmax(dim=-1)
+    probs = scores.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 def generate(

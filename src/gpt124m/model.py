@@ -11,6 +11,10 @@ are never attended to, so each row computes exactly what it would alone.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,6 +117,25 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> GPT:
+        """Load a model directory, Hugging Face GPT-2 directory or hub id (see checkpoint)."""
+        from gpt124m.checkpoint import load_model
+
+        return load_model(source, device=device, dtype=dtype)
+
+    def save_pretrained(self, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write `config.json` + `model.safetensors` + tokenizer files (see checkpoint)."""
+        from gpt124m.checkpoint import save_pretrained
+
+        return save_pretrained(self, out_dir, **kwargs)
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -136,6 +159,11 @@ class GPT(nn.Module):
         mask = None
         if attention_mask is None:
             pos = torch.arange(past, past + T, device=idx.device).unsqueeze(0)
+            if past and T > 1:
+                # SDPA's is_causal aligns queries to the first key; a chunk after cached tokens
+                # needs them aligned to the last, so spell the mask out.
+                full = torch.ones((1, past + T), dtype=torch.bool, device=idx.device)
+                mask = _padded_causal_mask(full, T)
         else:
             attention_mask = attention_mask.to(torch.bool)
             if attention_mask.shape != (B, past + T):

@@ -8,16 +8,19 @@ no download at run time.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import importlib.resources
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+from gpt124m.atomic import atomic_write_bytes, atomic_write_text
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -82,23 +85,22 @@ class Tokenizer:
         """Decode ids; padded-vocabulary ids (>= 50257) decode to nothing rather than crash."""
         return self._enc.decode([int(i) for i in ids if 0 <= int(i) < self.n_vocab])
 
-    def decode_stream(self, ids: Iterator[int]) -> Iterator[str]:
-        """Yield text as ids arrive, holding back bytes until they form whole UTF-8 characters."""
-        pending: list[int] = []
+    def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
+        """Yield text as ids arrive, holding back bytes until they form whole UTF-8 characters.
+
+        The pieces concatenate to exactly `decode(all ids)`, invalid bytes included (as U+FFFD).
+        """
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for i in ids:
-            pending.append(int(i))
-            raw = self._enc.decode_bytes([t for t in pending if t < self.n_vocab])
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
+            i = int(i)
+            if not 0 <= i < self.n_vocab:
                 continue
-            pending.clear()
+            text = utf8.decode(self._enc.decode_single_token_bytes(i))
             if text:
                 yield text
-        if pending:
-            tail = self.decode(pending)
-            if tail:
-                yield tail
+        tail = utf8.decode(b"", final=True)
+        if tail:
+            yield tail
 
     def save_hf_files(self, out_dir: str | os.PathLike) -> list[Path]:
         """Write Hugging Face GPT-2 tokenizer files (vocab.json, merges.txt, configs)."""
@@ -106,8 +108,8 @@ class Tokenizer:
         out.mkdir(parents=True, exist_ok=True)
         encoder_json, vocab_bpe = vocab_files()
         written = [out / "vocab.json", out / "merges.txt"]
-        written[0].write_bytes(encoder_json.read_bytes())
-        written[1].write_bytes(vocab_bpe.read_bytes())
+        atomic_write_bytes(written[0], encoder_json.read_bytes())
+        atomic_write_bytes(written[1], vocab_bpe.read_bytes())
         config = {
             "tokenizer_class": "GPT2Tokenizer",
             "model_max_length": 1024,
@@ -123,7 +125,7 @@ class Tokenizer:
             ("special_tokens_map.json", special),
         ):
             path = out / name
-            path.write_text(json.dumps(payload, indent=2) + "\n")
+            atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
             written.append(path)
         return written
 

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 def test_quickstart_runs_offline_and_val_loss_falls(tmp_path, capsys):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out-dir", str(out), "--max-steps", "24"]) == 0
+    assert main(["quickstart", "--out-dir", str(out), "--max-steps", "12"]) == 0
     printed = capsys.readouterr().out
     assert "val loss:" in printed and str(out / "model") in printed
     from gpt124m.train.metrics import MetricsLog

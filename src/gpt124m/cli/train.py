@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "flags given here override it",
     )
     add_config_arguments(p)
-    p.epilog = "Multi-GPU: torchrun --nproc_per_node 8 -m gpt124m train --config gpt124m-fineweb-edu"
+    p.epilog = (
+        "Multi-GPU: torchrun --nproc_per_node 8 -m gpt124m train --config gpt124m-fineweb-edu"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

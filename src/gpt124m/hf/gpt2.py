@@ -29,9 +29,21 @@ def padded_vocab(vocab_size: int, multiple: int = 64) -> int:
 
 
 def config_from_gpt2(data: dict[str, Any], source: Path) -> ModelConfig:
+    """Our config for a GPT-2 `config.json`; variants this architecture cannot express are refused."""
     activation = data.get("activation_function", "gelu_new")
     if activation not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"{source}: activation_function {activation!r} is not GPT-2's tanh GELU")
+    unsupported = {
+        "layer_norm_epsilon": abs(data.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12,
+        "n_inner": data.get("n_inner") not in (None, 4 * data.get("n_embd", 0)),
+        "scale_attn_weights": data.get("scale_attn_weights", True) is not True,
+        "scale_attn_by_inverse_layer_idx": bool(data.get("scale_attn_by_inverse_layer_idx")),
+    }
+    for key, bad in unsupported.items():
+        if bad:
+            raise ValueError(
+                f"{source}: {key}={data[key]!r} differs from GPT-2 and is not supported"
+            )
     try:
         return ModelConfig(
             n_layer=data["n_layer"],

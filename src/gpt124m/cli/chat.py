@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+NAME = "chat"
+HELP = "Talk to an instruction-tuned model: one instruction per line, or one shot."
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from gpt124m.sft.template import TEMPLATES
+
+    p.add_argument("--model", required=True, help="model directory, GPT-2 directory or hub id")
+    p.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        help="prompt template; use the one the model was tuned with (default: the template the "
+        "model directory records, else seed)",
+    )
+    p.add_argument("--instruction", help="answer this one instruction and exit")
+    p.add_argument("--input", default="", help="optional input for --instruction")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=50, help="0 disables top-k")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.epilog = (
+        "Without --instruction, each line read from stdin is an instruction; the response "
+        "streams to stdout, and the session ends at end of input (Ctrl-D)."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from gpt124m.checkpoint import load_model, read_config, resolve_source
+    from gpt124m.device import resolve_device, resolve_dtype
+    from gpt124m.generate import GenerationConfig
+    from gpt124m.sft.chat import respond, trained_template
+    from gpt124m.tokenizer import get_tokenizer
+
+    if args.input and args.instruction is None:
+        raise ValueError("--input needs --instruction")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    cfg = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.temperature > 0,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+    cfg.validate()
+    model_dir = resolve_source(args.model)
+    template = args.template or trained_template(read_config(model_dir))
+    device = resolve_device(args.device)
+    model = load_model(model_dir, device=device, dtype=resolve_dtype(args.dtype))
+    log.info("loaded %s on %s; template %s", args.model, device, template)
+    tokenizer = get_tokenizer()
+
+    def answer(instruction: str, input_text: str = "") -> None:
+        for piece in respond(model, tokenizer, instruction, input_text, template=template, cfg=cfg):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    if args.instruction is not None:
+        answer(args.instruction, args.input)
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("One instruction per line; Ctrl-D to quit.", file=sys.stderr)
+    while True:
+        if interactive:
+            print(">>> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        try:
+            answer(line.strip())
+        except ValueError as e:
+            print(f"gpt124m chat: error: {e}", file=sys.stderr)
+    return 0

@@ -1,0 +1,43 @@
+"""Answering instructions with a tuned model: the training template, then only the response."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from gpt124m.generate import GenerationConfig, stream_text
+from gpt124m.model import GPT
+from gpt124m.sft.template import TEMPLATES, format_prompt
+from gpt124m.tokenizer import Tokenizer
+
+
+def trained_template(config_data: dict) -> str:
+    """The template a model directory was tuned with (recorded by `gpt124m sft`), else seed."""
+    template = (config_data.get("sft") or {}).get("template")
+    return template if template in TEMPLATES else "seed"
+
+
+def respond(
+    model: GPT,
+    tokenizer: Tokenizer,
+    instruction: str,
+    input_text: str = "",
+    *,
+    template: str = "seed",
+    cfg: GenerationConfig,
+) -> Iterator[str]:
+    """Stream the response to one instruction; it ends at EOS (or the token budget).
+
+    The budget is capped so prompt plus response fit the model's block.
+    """
+    if not instruction.strip():
+        raise ValueError("the instruction is empty")
+    prompt = format_prompt(instruction, input_text, template)
+    room = model.config.block_size - len(tokenizer.encode(prompt))
+    if room < 1:
+        raise ValueError(
+            f"the prompt fills the model's {model.config.block_size}-token block; shorten it"
+        )
+    budget = room if cfg.max_new_tokens is None else min(cfg.max_new_tokens, room)
+    cfg = dataclasses.replace(cfg, max_new_tokens=budget, max_length=None)
+    return stream_text(model, tokenizer, prompt, cfg)

@@ -1,0 +1,192 @@
+"""`SFTConfig`: the pretraining `TrainConfig` plus what instruction tuning adds.
+
+Fields that depend on the data or the model are `None` until `sft.runner` resolves them:
+`seq_len` (the block size), `micro_batch_size`, `max_steps` (from `epochs`) and `warmup_steps`
+(from `warmup_fraction`). `max_lr` and `weight_decay` default by method: the seed's full
+fine-tuning used lr 5e-5 and weight decay 0.1; LoRA defaults to lr 3e-4 and no weight decay
+(the adapters are small and start at zero, so they need a larger step and no pull toward zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.resources
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpt124m.sft.template import TEMPLATES
+from gpt124m.train.config import TrainConfig, add_config_arguments
+
+METHODS = ("full", "lora")
+PAD_TO = ("block", "longest")
+ALPACA_HUB_ID = "tatsu-lab/alpaca"
+METHOD_DEFAULTS = {
+    "full": {"max_lr": 5e-5, "weight_decay": 0.1},
+    "lora": {"max_lr": 3e-4, "weight_decay": 0.0},
+}
+# Pretraining fields with no meaning here: SFT reads `base` and `data`, and derives the batch
+# size in tokens from `batch_size` (examples) and the padded length.
+NOT_FLAGS = ("model", "data_dir", "total_batch_tokens")
+DEFAULT_INSTRUCTIONS = [
+    "Give three tips for staying healthy.",
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+]
+RECIPE_PACKAGE = "gpt124m.sft"
+RECIPE_DIR = "recipes"
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """An instruction-tuning run. Defaults reproduce the seed's full fine-tuning on Alpaca."""
+
+    base: str = ""  # model dir, GPT-2 dir, hub id, or a preset name (random init)
+    data: str = "alpaca"  # `alpaca` (tatsu-lab/alpaca on the Hub) or a local JSON/JSONL file
+    method: str = "full"  # full | lora
+    template: str = "seed"  # seed | alpaca
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    pad_to: str = "block"  # block | longest (the longest example in the data set)
+    epochs: float = 3.0
+    batch_size: int = 8  # examples per optimizer step, over all ranks and micro-steps
+    warmup_fraction: float = 0.01  # used when warmup_steps is not given
+
+    lora_r: int = 8
+    lora_alpha: int = 8
+    lora_dropout: float = 0.05
+    lora_targets: str = "default"  # default | all-linear | comma-separated module names
+    merge: bool = True  # LoRA: also write the merged, standalone model
+
+    # inherited fields with SFT defaults (None: resolved from the model, the data or the method)
+    model: str = ""
+    data_dir: str = ""
+    out_dir: str = "runs/sft"
+    seq_len: int | None = None  # block size: longer examples are dropped (default: the model's)
+    micro_batch_size: int | None = None  # examples per rank and micro-step (default: all)
+    max_steps: int | None = None  # default: epochs x train examples / batch_size
+    warmup_steps: int | None = None
+    max_lr: float | None = None
+    min_lr: float = 0.0
+    weight_decay: float | None = None
+    precision: str = "fp32"  # the seed's SFT precision
+    eval_every: int = 500
+    val_tokens: int = 1_048_576  # padded tokens per evaluation, over all ranks
+    sample_every: int = 1000
+    sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_INSTRUCTIONS))
+    sample_max_new_tokens: int = 64
+    checkpoint_every: int = 1000
+
+    def __post_init__(self) -> None:
+        defaults = METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["full"])
+        if self.max_lr is None:
+            self.max_lr = defaults["max_lr"]
+        if self.weight_decay is None:
+            self.weight_decay = defaults["weight_decay"]
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
+
+        if not self.base:
+            raise ValueError("--base is required: a model directory, hub id or preset name")
+        if not self.data:
+            raise ValueError("--data is required: `alpaca` or a JSON/JSONL file")
+        for name, choices in (("method", METHODS), ("template", TEMPLATES), ("pad_to", PAD_TO)):
+            if getattr(self, name) not in choices:
+                raise bad(name, f"choose from {', '.join(choices)}")
+        if not 0 <= self.val_fraction < 1:
+            raise bad("val_fraction", "must be in [0, 1)")
+        if not 0 <= self.warmup_fraction < 1:
+            raise bad("warmup_fraction", "must be in [0, 1)")
+        if self.epochs <= 0:
+            raise bad("epochs", "must be positive")
+        for name in ("batch_size", "lora_r", "lora_alpha"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be positive")
+        if not 0 <= self.lora_dropout < 1:
+            raise bad("lora_dropout", "must be in [0, 1)")
+        if self.method == "lora" and self.parallel == "fsdp":
+            raise bad("parallel", "LoRA trains under DDP; FSDP is for full fine-tuning")
+        # The pretraining checks, with placeholders for what is resolved later.
+        placeholders = {
+            "seq_len": 1 if self.seq_len is None else self.seq_len,
+            "micro_batch_size": 1 if self.micro_batch_size is None else self.micro_batch_size,
+            "max_steps": 1 if self.max_steps is None else self.max_steps,
+            "warmup_steps": 0 if self.warmup_steps is None else self.warmup_steps,
+        }
+        TrainConfig.validate(dataclasses.replace(self, **placeholders))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run's settings for metadata; `dataset` and `base_model` feed the model card."""
+        d = super().to_dict()
+        for name in ("model", "data_dir"):
+            d.pop(name)
+        d["dataset"] = ALPACA_HUB_ID if self.data == "alpaca" else self.data
+        d["base_model"] = self.base
+        return d
+
+
+def add_sft_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per SFTConfig field, except the pretraining-only ones (`NOT_FLAGS`)."""
+    hints = typing.get_type_hints(SFTConfig)
+    fields = []
+    for f in dataclasses.fields(SFTConfig):
+        if f.name in NOT_FLAGS:
+            continue
+        default = (
+            field(default=f.default)
+            if f.default is not dataclasses.MISSING
+            else field(default_factory=f.default_factory)
+        )
+        fields.append((f.name, hints[f.name], default))
+    add_config_arguments(parser, dataclasses.make_dataclass("SFTFlags", fields))
+
+
+def recipe_names() -> list[str]:
+    folder = importlib.resources.files(RECIPE_PACKAGE) / RECIPE_DIR
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def load_sft_recipe(name_or_path: str) -> dict[str, Any]:
+    """Field overrides from a bundled SFT recipe name or a YAML file path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {name_or_path}: no such file")
+        text = path.read_text()
+    else:
+        resource = importlib.resources.files(RECIPE_PACKAGE) / RECIPE_DIR / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise ValueError(
+                f"--config {name_or_path!r}: unknown recipe; choose from "
+                f"{', '.join(recipe_names())} or give a .yaml path"
+            )
+        text = resource.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {name_or_path}: a recipe must be a mapping of field: value")
+    data.pop("description", None)
+    known = {f.name for f in dataclasses.fields(SFTConfig)} - set(NOT_FLAGS)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"--config {name_or_path}: unknown fields {', '.join(unknown)}")
+    return data
+
+
+def sft_config_from_args(args: argparse.Namespace, recipe: str | None = None) -> SFTConfig:
+    """Dataclass defaults, then the recipe, then explicit CLI flags."""
+    values = load_sft_recipe(recipe) if recipe else {}
+    for f in dataclasses.fields(SFTConfig):
+        value = getattr(args, f.name, None)
+        if value is not None and f.name not in NOT_FLAGS:
+            values[f.name] = value
+    cfg = SFTConfig(**values)
+    cfg.validate()
+    return cfg

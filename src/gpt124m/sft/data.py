@@ -1,0 +1,431 @@
+"""Instruction data: Alpaca rows -> tokenized examples with label masks -> fixed-length batches.
+
+Prompt and response are tokenized separately, so the boundary between them is exact: labels are
+-100 on every prompt token and on padding, and real on the response and its EOS. GPT-2 pads with
+the EOS id, so padding is masked by position, never by id; masking EOS by id is how models learn
+never to stop. Examples longer than the block size are dropped, and counted.
+
+`SFTBatches` is the trainer's `BatchSource`: an endless stream of epochs, each a permutation of
+the train examples drawn from `(seed, epoch)`. Every rank walks the same global position and
+takes its own slice of each micro-step, so ranks never overlap, and the state (epoch, position)
+is enough to replay exactly what an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpt124m.sft.config import ALPACA_HUB_ID
+from gpt124m.sft.template import format_prompt
+from gpt124m.tokenizer import EOT_ID, Tokenizer, get_tokenizer
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+PAD_ID = EOT_ID
+STATE_VERSION = 1
+MAX_LOCATIONS = 10  # per reason, in the malformed-rows report
+
+
+@dataclass(frozen=True)
+class Example:
+    instruction: str
+    input: str
+    output: str
+
+
+@dataclass
+class LoadReport:
+    """What reading a source found: rows seen, and the malformed ones by reason and location."""
+
+    source: str
+    rows: int = 0
+    problems: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def malformed(self) -> int:
+        return sum(len(v) for v in self.problems.values())
+
+    def add(self, reason: str, where: str) -> None:
+        self.problems[reason].append(where)
+
+    def describe(self) -> str:
+        parts = []
+        for reason, where in sorted(self.problems.items(), key=lambda kv: -len(kv[1])):
+            shown = ", ".join(where[:MAX_LOCATIONS]) + (
+                ", ..." if len(where) > MAX_LOCATIONS else ""
+            )
+            parts.append(f"{len(where)} {reason} ({shown})")
+        return (
+            f"{self.source}: {self.malformed} of {self.rows} rows malformed and skipped: "
+            + "; ".join(parts)
+        )
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _check_row(row: Any) -> tuple[Example | None, str | None]:
+    """The example in one row, or the reason it is malformed."""
+    if not isinstance(row, dict):
+        return None, "not an object"
+    values = {}
+    for key in ("instruction", "output"):
+        value = row.get(key)
+        if value is None:
+            return None, f"missing '{key}'"
+        if not isinstance(value, str):
+            return None, f"'{key}' is not a string"
+        if not value.strip():
+            return None, f"empty '{key}'"
+        values[key] = value
+    input_text = row.get("input")
+    if input_text is None:
+        input_text = ""
+    if not isinstance(input_text, str):
+        return None, "'input' is not a string"
+    return Example(values["instruction"], input_text, values["output"]), None
+
+
+def parse_rows(rows: Sequence[tuple[str, Any]], report: LoadReport) -> list[Example]:
+    """Validate `(location, row)` pairs; malformed rows go to `report`."""
+    examples = []
+    for where, row in rows:
+        report.rows += 1
+        example, problem = _check_row(row)
+        if problem:
+            report.add(problem, where)
+        else:
+            examples.append(example)
+    return examples
+
+
+def _read_jsonl(text: str, report: LoadReport) -> list[tuple[str, Any]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError:
+            report.rows += 1
+            report.add("invalid JSON", f"line {number}")
+    return rows
+
+
+def _read_file(path: Path, report: LoadReport) -> list[tuple[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--data {path}: no such file (give `alpaca` or a JSON/JSONL file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--data {path}: not UTF-8 text ({e})") from None
+    if path.suffix == ".jsonl":
+        return _read_jsonl(text, report)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # one object per line in a .json file
+            return _read_jsonl(text, report)
+        raise ValueError(f"--data {path}: not valid JSON ({e})") from None
+    if not isinstance(data, list):
+        raise ValueError(
+            f"--data {path}: expected a JSON array of objects with instruction, input and output"
+        )
+    return [(f"item {i}", row) for i, row in enumerate(data)]
+
+
+def _hub_rows() -> list[tuple[str, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(
+            "--data alpaca needs the `datasets` package: pip install 'gpt124m[data]', "
+            "or pass a local JSON/JSONL file"
+        ) from None
+    try:
+        ds = datasets.load_dataset(ALPACA_HUB_ID, split="train")
+    except Exception as e:
+        raise ValueError(
+            f"--data alpaca: could not load {ALPACA_HUB_ID} from the Hugging Face Hub "
+            f"({type(e).__name__}: {e}); pass a local JSON/JSONL file instead"
+        ) from None
+    return [(f"row {i}", dict(row)) for i, row in enumerate(ds)]
+
+
+def load_examples(source: str) -> tuple[list[Example], LoadReport]:
+    """Examples from `alpaca` (the Hub) or a local JSON/JSONL file; malformed rows reported."""
+    name = ALPACA_HUB_ID if source == "alpaca" else str(source)
+    report = LoadReport(name)
+    rows = _hub_rows() if source == "alpaca" else _read_file(Path(source).expanduser(), report)
+    examples = parse_rows(rows, report)
+    if report.malformed:
+        log.warning("%s", report.describe())
+    if not examples:
+        detail = f"; {report.describe()}" if report.malformed else ""
+        raise ValueError(f"--data {source}: no usable examples ({report.rows} rows){detail}")
+    return examples, report
+
+
+# -- tokenizing and filtering ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Encoded:
+    """Prompt + response + EOS token ids; the first `prompt_len` are the prompt."""
+
+    tokens: np.ndarray
+    prompt_len: int
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def encode_examples(
+    examples: Sequence[Example], template: str = "seed", tokenizer: Tokenizer | None = None
+) -> list[Encoded]:
+    """Tokenize prompts and targets (`output.strip()` + EOS) separately, in parallel."""
+    tok = tokenizer or get_tokenizer()
+    prompts = tok.encode_batch([format_prompt(e.instruction, e.input, template) for e in examples])
+    targets = tok.encode_batch([e.output.strip() for e in examples])
+    return [
+        Encoded(np.array([*p, *t, EOT_ID], dtype=np.int32), len(p))
+        for p, t in zip(prompts, targets, strict=True)
+    ]
+
+
+def filter_by_length(encoded: Sequence[Encoded], max_len: int) -> tuple[list[Encoded], int]:
+    """Keep examples of at most `max_len` tokens (prompt + response + EOS); count the rest."""
+    kept = [e for e in encoded if len(e) <= max_len]
+    return kept, len(encoded) - len(kept)
+
+
+def split(
+    encoded: Sequence[Encoded], val_fraction: float, seed: int = 0
+) -> tuple[list[Encoded], list[Encoded]]:
+    """A seeded random validation split of `round(n * val_fraction)` examples (>= 1 if asked)."""
+    n = len(encoded)
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n > 1:
+        n_val = max(n_val, 1)
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx = np.sort(order[:n_val])
+    train_idx = np.sort(order[n_val:])
+    return [encoded[i] for i in train_idx], [encoded[i] for i in val_idx]
+
+
+def make_batch(examples: Sequence[Encoded], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) int64 [B, seq_len]: x padded with EOS ids, y = next tokens with prompt and
+    padding positions set to -100 (by position, so the real EOS keeps its label)."""
+    x = np.full((len(examples), seq_len), PAD_ID, dtype=np.int64)
+    y = np.full((len(examples), seq_len), IGNORE_INDEX, dtype=np.int64)
+    for row, e in enumerate(examples):
+        n = len(e) - 1
+        if n > seq_len:
+            raise ValueError(f"example of {len(e)} tokens does not fit seq_len {seq_len}")
+        x[row, :n] = e.tokens[:-1]
+        y[row, e.prompt_len - 1 : n] = e.tokens[e.prompt_len :]
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def padded_length(encoded: Sequence[Encoded], max_len: int, pad_to: str) -> int:
+    """Batch length T: the block (`max_len`), or the longest example's input length."""
+    if pad_to == "block":
+        return max_len
+    if pad_to == "longest":
+        return max(len(e) for e in encoded) - 1
+    raise ValueError(f"--pad-to {pad_to!r}: choose block or longest")
+
+
+def fingerprint(encoded: Sequence[Encoded]) -> str:
+    h = hashlib.sha256()
+    for e in encoded:
+        h.update(e.prompt_len.to_bytes(4, "little"))
+        h.update(len(e).to_bytes(4, "little"))
+        h.update(e.tokens.tobytes())
+    return h.hexdigest()
+
+
+# -- batches -----------------------------------------------------------------------------------
+class SFTBatches:
+    """Training batches of `batch_size` examples per rank; resumable, rank-disjoint, endless."""
+
+    def __init__(
+        self,
+        examples: Sequence[Encoded],
+        *,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if not examples:
+            raise ValueError("no training examples")
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got {rank}, {world_size}")
+        self.examples = list(examples)
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self._fingerprint = fingerprint(self.examples)
+        self._epoch = 0
+        self._position = 0
+        self._set_order()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _set_order(self) -> None:
+        self._order = np.random.default_rng([self.seed, self._epoch]).permutation(
+            len(self.examples)
+        )
+
+    def _take(self, n: int) -> list[int]:
+        """The next `n` example indices of the global stream, across epoch boundaries."""
+        taken: list[int] = []
+        while len(taken) < n:
+            if self._position == len(self._order):
+                self._epoch += 1
+                self._position = 0
+                self._set_order()
+            chunk = self._order[self._position : self._position + n - len(taken)]
+            taken.extend(int(i) for i in chunk)
+            self._position += len(chunk)
+        return taken
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        step = self._take(self.batch_size * self.world_size)
+        mine = step[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return make_batch([self.examples[i] for i in mine], self.seq_len)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable and the same on every rank (the position is global)."""
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "epoch": self._epoch,
+            "position": self._position,
+            "data": self._fingerprint,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown SFT loader state version {state.get('version')!r}")
+        if state.get("data") != self._fingerprint:
+            raise ValueError(
+                "SFT loader state was saved for different training examples (data, template, "
+                "block size or split changed since the checkpoint)"
+            )
+        position = int(state["position"])
+        if not 0 <= position <= len(self.examples):
+            raise ValueError(f"SFT loader state position {position} is outside the epoch")
+        self.seed = int(state["seed"])
+        self._epoch = int(state["epoch"])
+        self._position = position
+        self._set_order()
+
+
+def validation_batches(
+    examples: Sequence[Encoded],
+    *,
+    batch_size: int,
+    seq_len: int,
+    max_tokens: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The validation examples in order, each rank its own slice of every step; the same
+    batches every time. `max_tokens` caps the padded tokens over all ranks (None: all).
+    Only whole steps are read, so every rank gets the same number of batches."""
+    per_step = batch_size * world_size
+    n_steps = len(examples) // per_step
+    if max_tokens:
+        n_steps = min(n_steps, max(1, max_tokens // (per_step * seq_len)))
+    for s in range(n_steps):
+        start = s * per_step + rank * batch_size
+        yield make_batch(examples[start : start + batch_size], seq_len)
+
+
+# -- the whole preparation ---------------------------------------------------------------------
+@dataclass
+class SFTData:
+    train: list[Encoded]
+    val: list[Encoded]
+    seq_len: int  # padded batch length T
+    stats: dict[str, Any]
+
+
+def prepare(
+    source: str,
+    *,
+    template: str,
+    max_len: int,
+    pad_to: str,
+    val_fraction: float,
+    split_seed: int = 0,
+    tokenizer: Tokenizer | None = None,
+) -> SFTData:
+    """Read, validate, tokenize, length-filter and split; log what was kept and dropped."""
+    examples, report = load_examples(source)
+    encoded = encode_examples(examples, template, tokenizer)
+    kept, too_long = filter_by_length(encoded, max_len)
+    if not kept:
+        longest = min(len(e) for e in encoded)
+        raise ValueError(
+            f"--data {source}: all {len(encoded)} examples are longer than the block size "
+            f"{max_len} (the shortest has {longest} tokens)"
+        )
+    train, val = split(kept, val_fraction, split_seed)
+    if not train:
+        raise ValueError(f"--data {source}: no training examples left after the validation split")
+    seq_len = padded_length(kept, max_len, pad_to)
+    real = sum(len(e) - e.prompt_len for e in train)
+    stats = {
+        "source": report.source,
+        "rows": report.rows,
+        "malformed": report.malformed,
+        "malformed_by_reason": {k: len(v) for k, v in report.problems.items()},
+        "too_long": too_long,
+        "max_len": max_len,
+        "kept": len(kept),
+        "train": len(train),
+        "val": len(val),
+        "longest": max(len(e) for e in kept),
+        "seq_len": seq_len,
+        "train_response_tokens": real,
+        "train_padding_fraction": round(
+            1 - sum(len(e) - 1 for e in train) / (len(train) * seq_len), 4
+        ),
+    }
+    log.info(
+        "%s: %d rows, %d malformed, %d dropped as longer than %d tokens -> %d train / %d val "
+        "examples, padded to %d (%s)",
+        report.source,
+        report.rows,
+        report.malformed,
+        too_long,
+        max_len,
+        len(train),
+        len(val),
+        seq_len,
+        pad_to,
+    )
+    return SFTData(train, val, seq_len, stats)
+
+
+def steps_for(n_train: int, epochs: float, batch_size: int) -> int:
+    return max(1, math.ceil(epochs * n_train / batch_size))

@@ -1,0 +1,224 @@
+"""The SFT recipe on the shared training loop: load the base, prepare the data, size the run from
+the data set and epochs, optionally add LoRA, call `train.trainer.fit`, write the outputs.
+
+Outputs in `out_dir`: `metrics.jsonl`, `curves.png`, `summary.json` and `checkpoints/` (from
+`fit`), and `model/` (full fine-tuning, or LoRA merged) and `adapter/` (LoRA, peft format).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gpt124m.atomic import atomic_write_text
+from gpt124m.model import GPT
+from gpt124m.sft import data as sft_data
+from gpt124m.sft.config import SFTConfig
+from gpt124m.sft.template import format_prompt
+from gpt124m.train import checkpointing, distributed
+from gpt124m.train.trainer import Hooks, fit
+
+log = logging.getLogger(__name__)
+
+
+def load_base(source: str, *, dropout: float = 0.0, seed: int = 0) -> GPT:
+    """The model to tune: a model directory / hub id, or a preset name (random init)."""
+    from gpt124m.checkpoint import build_model, load_model
+    from gpt124m.config import PRESETS
+
+    if source in PRESETS:
+        torch.manual_seed(seed)
+        return GPT(dataclasses.replace(PRESETS[source].config, dropout=dropout))
+    model = load_model(source)
+    if model.config.dropout != dropout:
+        config = dataclasses.replace(model.config, dropout=dropout)
+        model = build_model(config, model.state_dict(), Path(source))
+    return model.train()
+
+
+def resolve(cfg: SFTConfig, n_train: int, seq_len: int, world_size: int) -> SFTConfig:
+    """The concrete TrainConfig values for `fit`: padded length, batch in tokens, steps, warmup."""
+    micro = cfg.micro_batch_size or cfg.batch_size // world_size
+    if micro < 1 or cfg.batch_size % (micro * world_size):
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is not divisible by micro-batch x world size = "
+            f"{micro} x {world_size}"
+        )
+    max_steps = cfg.max_steps or sft_data.steps_for(n_train, cfg.epochs, cfg.batch_size)
+    warmup = cfg.warmup_steps
+    if warmup is None:
+        warmup = math.ceil(cfg.warmup_fraction * max_steps)
+    return dataclasses.replace(
+        cfg,
+        seq_len=seq_len,
+        micro_batch_size=micro,
+        total_batch_tokens=cfg.batch_size * seq_len,
+        max_steps=max_steps,
+        warmup_steps=warmup,
+    )
+
+
+def sample_responses(
+    model: nn.Module, instructions: list[str], template: str, max_new_tokens: int
+) -> list[str]:
+    """Greedy responses to fixed instructions, so samples are comparable across steps."""
+    from gpt124m.generate import GenerationConfig, generate
+    from gpt124m.sft.lora import unwrap
+    from gpt124m.tokenizer import get_tokenizer
+
+    gpt = unwrap(model)
+    tok = get_tokenizer()
+    texts = []
+    for instruction in instructions:
+        ids = tok.encode(format_prompt(instruction, template=template))
+        budget = min(max_new_tokens, gpt.config.block_size - len(ids))
+        if budget < 1:
+            texts.append(f"{instruction} -> (prompt fills the block)")
+            continue
+        new = generate(gpt, [ids], GenerationConfig(max_new_tokens=budget))[0]
+        texts.append(f"{instruction} -> {tok.decode(new)}")
+    return texts
+
+
+def _val_hook(cfg: SFTConfig, val: list, info: distributed.Dist):
+    per_rank = min(cfg.micro_batch_size, len(val) // info.world_size)
+    if per_rank < 1:
+        if val:
+            log.warning(
+                "%d validation example(s) for %d ranks: no validation", len(val), info.world_size
+            )
+        return None
+
+    def batches():
+        return sft_data.validation_batches(
+            val,
+            batch_size=per_rank,
+            seq_len=cfg.seq_len,
+            max_tokens=cfg.val_tokens,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
+
+    return batches
+
+
+def _hellaswag_hook(cfg: SFTConfig):
+    if not cfg.hellaswag_every:
+        return None
+    from gpt124m.train.trainer import _hellaswag_hook
+
+    return _hellaswag_hook(cfg)
+
+
+def sft(cfg: SFTConfig) -> dict[str, Any]:
+    """Run instruction tuning as `cfg` says; returns the run summary (with output paths)."""
+    cfg.validate()
+    info = distributed.init(cfg.device)
+    try:
+        model = load_base(cfg.base, dropout=cfg.dropout, seed=cfg.seed)
+        block = model.config.block_size
+        max_len = cfg.seq_len or block
+        if max_len > block:
+            raise ValueError(f"--seq-len {max_len} exceeds the model's block size {block}")
+        data = sft_data.prepare(
+            cfg.data,
+            template=cfg.template,
+            max_len=max_len,
+            pad_to=cfg.pad_to,
+            val_fraction=cfg.val_fraction,
+            split_seed=cfg.split_seed,
+        )
+        run_cfg = resolve(cfg, len(data.train), data.seq_len, info.world_size)
+        log.info(
+            "SFT (%s): %d train examples, %s epochs, batch %d -> %d steps, warmup %d, "
+            "lr %.2e -> %.2e",
+            cfg.method,
+            len(data.train),
+            f"{cfg.epochs:g}",
+            cfg.batch_size,
+            run_cfg.max_steps,
+            run_cfg.warmup_steps,
+            run_cfg.max_lr,
+            run_cfg.min_lr,
+        )
+        if cfg.method == "lora":
+            from gpt124m.sft.lora import apply_lora
+
+            torch.manual_seed(cfg.seed)  # the adapters' initialisation
+            model = apply_lora(
+                model,
+                r=cfg.lora_r,
+                alpha=cfg.lora_alpha,
+                dropout=cfg.lora_dropout,
+                targets=cfg.lora_targets,
+                base_name=cfg.base,
+            )
+        batches = sft_data.SFTBatches(
+            data.train,
+            batch_size=run_cfg.micro_batch_size,
+            seq_len=data.seq_len,
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=cfg.seed,
+        )
+        hooks = Hooks(
+            val_batches=_val_hook(run_cfg, data.val, info),
+            samples=lambda m: sample_responses(
+                m, cfg.sample_prompts, cfg.template, cfg.sample_max_new_tokens
+            ),
+            hellaswag=_hellaswag_hook(run_cfg),
+        )
+        metadata = {"sft": {"template": cfg.template, "method": cfg.method, "data": data.stats}}
+        summary = fit(run_cfg, model, batches, hooks=hooks, info=info, metadata=metadata)
+        summary["data"] = data.stats
+        if info.is_main:
+            atomic_write_text(
+                Path(cfg.out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n"
+            )
+            summary.update(_write_outputs(run_cfg, model, data))
+        return summary
+    finally:
+        distributed.shutdown()
+
+
+def _write_outputs(cfg: SFTConfig, model: nn.Module, data: sft_data.SFTData) -> dict[str, str]:
+    """model/ (full, or LoRA merged) and adapter/ (LoRA); both carry the run's metadata."""
+    from gpt124m.checkpoint import read_config, save_pretrained
+    from gpt124m.sft import lora
+
+    out = Path(cfg.out_dir)
+    latest = checkpointing.list_checkpoints(out / "checkpoints")[-1]
+    metadata = {
+        k: v
+        for k, v in read_config(latest).items()
+        if k not in ("format", "format_version", "model", "tokenizer")
+    }
+    paths: dict[str, str] = {}
+    if cfg.method == "lora":
+        paths["adapter_dir"] = str(lora.save_adapter(model, out / "adapter"))
+        if not cfg.merge:
+            return paths
+        probe_examples = (data.val or data.train)[: cfg.micro_batch_size]
+        probe, _ = sft_data.make_batch(probe_examples, data.seq_len)
+        gpt, diff = lora.merge(model, probe)
+        log.info("merged LoRA into the base: max |logit difference| %.2e", diff)
+        metadata["sft"] = {**metadata.get("sft", {}), "merge_max_abs_logit_diff": diff}
+    else:
+        from gpt124m.checkpoint import load_model
+
+        gpt = load_model(latest)  # the gathered weights, also when training was sharded
+    model_dir = out / "model"
+    save_pretrained(gpt, model_dir, metadata=metadata)
+    for name in ("summary.json", "curves.png"):
+        if (out / name).exists():
+            shutil.copy2(out / name, model_dir / name)
+    paths["model_dir"] = str(model_dir)
+    return paths

@@ -1,0 +1,181 @@
+"""The demo in-process: caps, input checks, model panel, tabs, error handling, CLI edges."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from gpt124m.checkpoint import load_model
+from gpt124m.cli import build_parser, main
+from gpt124m.demo.backend import DemoInputError, DemoModel, Limits, Sampling
+from gpt124m.generate import GenerationConfig, generate_text
+from gpt124m.tokenizer import get_tokenizer
+
+
+@pytest.fixture(scope="module")
+def base(demo_models) -> DemoModel:
+    return DemoModel(load_model(demo_models[0]), get_tokenizer(), name="base")
+
+
+def test_default_caps_fit_the_context():
+    assert Limits.for_context(1024) == Limits(max_input_tokens=768, max_new_tokens=256)
+    assert Limits.for_context(64) == Limits(max_input_tokens=32, max_new_tokens=32)
+    assert Limits.for_context(64, max_new_tokens=60) == Limits(4, 60)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_new_tokens": 0}, "max new tokens must be >= 1"),
+        ({"max_new_tokens": 64}, "leaves no room for a prompt"),
+        ({"max_new_tokens": 32, "max_input_tokens": 40}, "exceed the model's context length (64)"),
+    ],
+)
+def test_caps_beyond_the_context_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Limits.for_context(64, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "sampling", "message"),
+    [
+        ("  \n", Sampling(16), "Enter a prompt first."),
+        ("hi", Sampling(max_new_tokens=33), "Max new tokens must be between 1 and 32."),
+        ("hi", Sampling(max_new_tokens=0), "Max new tokens must be between 1 and 32."),
+        ("hi", Sampling(16, seed=1.5), "The seed must be a whole number"),
+        ("hi", Sampling(16, seed=-1), "The seed must be a whole number"),
+        ("hi", Sampling(16, temperature=0.0), "Temperature must be above 0"),
+        ("hi", Sampling(16, top_p=0.0), "Top-p must be above 0"),
+        (" hello" * 33, Sampling(16), "The prompt is too long: 33 tokens; the limit is 32 tokens."),
+    ],
+)
+def test_bad_requests_are_refused_before_any_compute(base, prompt, sampling, message):
+    with pytest.raises(DemoInputError) as err:
+        base.complete(prompt, sampling)
+    assert message in str(err.value)
+
+
+def test_prompt_at_the_cap_runs_and_fills_the_context(base):
+    prompt = " hello" * 32
+    text = list(base.complete(prompt, Sampling(max_new_tokens=32, do_sample=False)))[-1]
+    expected = generate_text(base.model, base.tokenizer, [prompt], GenerationConfig(32))[0]
+    assert text == expected
+
+
+def test_greedy_ignores_the_sampling_controls(base):
+    cfg = base.generation_config(Sampling(8, False, temperature=0.01, top_k=3, top_p=0.1))
+    assert cfg.greedy
+    outputs = {
+        list(base.complete("Hello", Sampling(8, False, temperature=t, top_k=k, seed=s)))[-1]
+        for t, k, s in [(0.1, 1, 0), (2.0, 0, 7), (1.0, 50, None)]
+    }
+    assert len(outputs) == 1
+
+
+def test_stream_grows_piece_by_piece(base):
+    texts = list(base.complete("Once upon a time", Sampling(16, True, seed=3)))
+    assert len(texts) > 1
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
+
+
+def test_instruct_template_must_be_known(base):
+    with pytest.raises(ValueError, match="unknown template 'chatml'"):
+        DemoModel(base.model, base.tokenizer, template="chatml")
+
+
+def test_model_panel_shows_size_context_dtype_and_device(base):
+    pytest.importorskip("gradio")
+    from gpt124m.demo.app import model_panel_markdown
+
+    table = model_panel_markdown({"Completion": base})
+    n = base.model.num_params()
+    for fact in (
+        f"{n:,}",
+        "| Context length | 64 tokens |",
+        "| dtype | float32 |",
+        "| Device | cpu |",
+    ):
+        assert fact in table
+    assert "| Caps per request | 32 prompt tokens, 32 new tokens |" in table
+
+
+def test_instruct_tab_only_with_an_instruct_model(base):
+    pytest.importorskip("gradio")
+    from gpt124m.demo import build_app
+
+    def tabs_and_endpoints(app):
+        config = app.get_config_file()
+        tabs = [c["props"]["label"] for c in config["components"] if c["type"] == "tabitem"]
+        public = {d["api_name"] for d in config["dependencies"] if d["api_visibility"] == "public"}
+        return tabs, public
+
+    assert tabs_and_endpoints(build_app(base)) == (["Completion"], {"complete"})
+    assert tabs_and_endpoints(build_app(base, instruct_model=base)) == (
+        ["Completion", "Instruct"],
+        {"complete", "instruct"},
+    )
+
+
+def test_internal_failure_reaches_the_ui_without_details(base, monkeypatch):
+    gr = pytest.importorskip("gradio")
+    from gpt124m.demo import build_app
+
+    app = build_app(base)
+    complete = next(f.fn for f in app.fns.values() if f.api_name == "complete")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA exploded at /home/secret/model.py line 7")
+
+    monkeypatch.setattr(base.model, "forward", broken)
+    run = complete("Hello", 4, False, 0.8, 50, 1.0, -1)
+    assert next(run) == ("", "Generating…")
+    _, status = next(run)
+    with pytest.raises(gr.Error) as err:
+        next(run)
+    assert "internal error" in err.value.message
+    assert status == f"Error: {err.value.message}"
+    assert "secret" not in status and "CUDA" not in status
+
+
+def test_bad_input_becomes_a_gradio_error_with_the_message(base):
+    gr = pytest.importorskip("gradio")
+    from gpt124m.demo import build_app
+
+    app = build_app(base)
+    complete = next(f.fn for f in app.fns.values() if f.api_name == "complete")
+    run = complete(" hello" * 33, 4, False, 0.8, 50, 1.0, -1)
+    message = "The prompt is too long: 33 tokens; the limit is 32 tokens."
+    assert next(run)[1] == f"Error: {message}"  # the status line, output left as it was
+    with pytest.raises(gr.Error) as err:
+        next(run)
+    assert err.value.message == message
+
+
+def test_default_host_is_loopback():
+    args = build_parser().parse_args(["demo", "--model", "m"])
+    assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
+
+
+def test_without_gradio_the_command_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` fail
+    code = main(["demo", "--model", str(tmp_path / "no-such-model")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Gradio" in err and 'pip install -e ".[demo]"' in err and "gpt124m[demo]" in err
+    assert "no-such-model" not in err  # checked before any model is loaded
+
+
+def test_cli_refuses_caps_beyond_the_context(demo_models, capsys):
+    pytest.importorskip("gradio")
+    code = main(["demo", "--model", str(demo_models[0]), "--max-new-tokens", "60",
+                 "--max-input-tokens", "10", "--device", "cpu"])  # fmt: skip
+    assert code == 2
+    assert "exceed the model's context length (64)" in capsys.readouterr().err
+
+
+def test_cli_template_needs_an_instruct_model(demo_models, capsys):
+    pytest.importorskip("gradio")
+    code = main(["demo", "--model", str(demo_models[0]), "--template", "alpaca"])
+    assert code == 2
+    assert "--template applies to --instruct-model" in capsys.readouterr().err

@@ -1,0 +1,71 @@
+import io
+import json
+
+import pytest
+import torch
+
+from gpt124m.checkpoint import save_pretrained
+from gpt124m.cli import main
+from gpt124m.config import get_preset
+from gpt124m.generate import GenerationConfig
+from gpt124m.model import GPT
+from gpt124m.sft.chat import respond, trained_template
+from gpt124m.tokenizer import get_tokenizer
+
+
+def test_interactive_answers_each_line_until_eof(trained_reverser, train_rows, monkeypatch, capsys):
+    inline = [r for r in train_rows if "input" not in r][:2]
+    lines = [inline[0]["instruction"], "", inline[1]["instruction"]]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    argv = ["chat", "--model", str(trained_reverser / "model"), "--temperature", "0"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == f"{inline[0]['output']}\n{inline[1]['output']}\n"
+
+
+@pytest.fixture(scope="module")
+def untrained_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("chat") / "model"
+    save_pretrained(GPT(get_preset("tiny")), out, metadata={"sft": {"template": "alpaca"}})
+    return out
+
+
+def test_template_defaults_to_the_one_recorded_at_training(untrained_dir):
+    config = json.loads((untrained_dir / "config.json").read_text())
+    assert trained_template(config) == "alpaca"
+    assert trained_template({"model_type": "gpt2"}) == "seed"
+
+
+def test_response_streams_only_new_text_within_the_block(untrained_dir):
+    from gpt124m.checkpoint import load_model
+
+    model, tok = load_model(untrained_dir), get_tokenizer()
+    cfg = GenerationConfig(max_new_tokens=1000)  # more than the block holds: capped, no error
+    pieces = list(respond(model, tok, "Hi.", template="seed", cfg=cfg))
+    text = "".join(pieces)
+    assert "### Response" not in text
+    prompt_tokens = len(tok.encode("### Instruction:\nHi.\n\n### Response:\n"))
+    assert len(tok.encode(text)) <= 64 - prompt_tokens
+    with pytest.raises(ValueError, match="fills the model's 64-token block"):
+        respond(model, tok, "word " * 80, cfg=cfg)
+    with pytest.raises(ValueError, match="empty"):
+        respond(model, tok, "  ", cfg=cfg)
+
+
+def test_bad_lines_are_reported_and_the_session_goes_on(untrained_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("word " * 80 + "\nHi.\n"))
+    argv = ["chat", "--model", str(untrained_dir), "--max-new-tokens", "3", "--temperature", "0"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "error: the prompt fills" in captured.err
+    assert captured.out.count("\n") == 1  # the second line was still answered
+
+
+def test_flag_errors(untrained_dir, capsys):
+    base = ["chat", "--model", str(untrained_dir)]
+    assert main([*base, "--input", "x"]) == 2
+    assert "--input needs --instruction" in capsys.readouterr().err
+    assert main([*base, "--instruction", "x", "--max-new-tokens", "0"]) == 2
+    assert (
+        main(["chat", "--model", str(untrained_dir.parent / "missing"), "--instruction", "x"]) == 2
+    )

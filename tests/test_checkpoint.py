@@ -1,0 +1,173 @@
+"""Model directories: exact round trip, clear errors naming the file, nothing ever unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import gpt124m.checkpoint as checkpoint
+from gpt124m.atomic import atomic_path, atomic_write_text
+from gpt124m.checkpoint import load_model, model_config, read_config, save_pretrained
+from gpt124m.config import get_preset
+from gpt124m.model import GPT
+
+
+def copy_dir(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_round_trip_is_exact(tiny_model, tiny_model_dir):
+    names = {p.name for p in tiny_model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    config = read_config(tiny_model_dir)
+    assert config["format"] == "gpt124m" and config["format_version"] == 1
+    assert config["model"] == get_preset("tiny").to_dict()
+    assert "lm_head.weight" not in load_file(tiny_model_dir / "model.safetensors")  # tied
+
+    loaded = load_model(tiny_model_dir)
+    assert not loaded.training
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    ours, theirs = tiny_model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    assert model_config(tiny_model_dir) == tiny_model.config
+
+
+def test_gpt_class_methods_and_metadata(tiny_model, tmp_path):
+    out = tiny_model.save_pretrained(tmp_path / "m", metadata={"step": 7}, tokenizer_files=False)
+    assert read_config(out)["step"] == 7
+    with pytest.raises(ValueError, match="model"):
+        save_pretrained(tiny_model, tmp_path / "x", metadata={"model": {}})
+    assert not (out / "vocab.json").exists()
+    loaded = GPT.from_pretrained(out, dtype=torch.bfloat16)
+    assert loaded.transformer.wte.weight.dtype == torch.bfloat16
+    assert torch.equal(
+        loaded.transformer.h[0].attn.c_attn.weight.float(),
+        tiny_model.transformer.h[0].attn.c_attn.weight.bfloat16().float(),
+    )
+
+
+def test_missing_config(tiny_model_dir, tmp_path):
+    model_dir = copy_dir(tiny_model_dir, tmp_path / "m")
+    (model_dir / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(model_dir)
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "truncated", "garbage"])
+def test_damaged_weights_name_the_file(tiny_model_dir, tmp_path, damage):
+    model_dir = copy_dir(tiny_model_dir, tmp_path / "m")
+    weights = model_dir / "model.safetensors"
+    data = weights.read_bytes()
+    if damage == "missing":
+        weights.unlink()
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    else:
+        weights.write_bytes(b"\x00" * 64 + data[64:])
+    with pytest.raises((FileNotFoundError, ValueError), match="model.safetensors"):
+        load_model(model_dir)
+
+
+def test_bad_config_names_the_file(tiny_model_dir, tmp_path):
+    model_dir = copy_dir(tiny_model_dir, tmp_path / "m")
+    path = model_dir / "config.json"
+    good = json.loads(path.read_text())
+    for payload, message in [
+        ("{not json", "not valid JSON"),
+        (json.dumps({**good, "format_version": 99}), "format_version"),
+        (json.dumps({**good, "model": {**good["model"], "n_head": 3}}), "bad model config"),
+        (json.dumps({"model_type": "llama"}), "unrecognised"),
+    ]:
+        path.write_text(payload)
+        with pytest.raises(ValueError, match=message) as err:
+            load_model(model_dir)
+        assert "config.json" in str(err.value)
+
+
+def test_mismatched_weights_name_the_file(tiny_model_dir, tmp_path):
+    model_dir = copy_dir(tiny_model_dir, tmp_path / "m")
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    config["model"]["n_embd"] = 64  # weights are 32 wide
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model.safetensors.*wrong shape"):
+        load_model(model_dir)
+
+    model_dir = copy_dir(tiny_model_dir, tmp_path / "m2")
+    tensors = load_file(model_dir / "model.safetensors")
+    del tensors["transformer.h.1.mlp.c_fc.bias"]
+    tensors["transformer.extra"] = torch.zeros(1)
+    save_file(tensors, model_dir / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors.*missing: transformer.h.1.mlp.c_fc"):
+        load_model(model_dir)
+
+
+def test_loading_never_unpickles(tiny_model_dir, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling attempted")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    assert isinstance(load_model(tiny_model_dir), GPT)
+
+
+def test_sources_resolve_to_directories_or_hub_ids(tiny_model_dir, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        load_model(tmp_path / "missing")
+    (tmp_path / "file.bin").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError, match="file.bin"):
+        load_model(tmp_path / "file.bin")
+
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls.append((repo_id, allow_patterns))
+        return str(tiny_model_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert isinstance(load_model("alice/tiny-v1.5"), GPT)
+    assert calls[-1][0] == "alice/tiny-v1.5" and "*.safetensors" in calls[-1][1]
+    assert model_config("alice/tiny") == get_preset("tiny")
+    assert calls[-1] == ("alice/tiny", ["config.json"])  # describing downloads no weights
+
+    def offline(repo_id, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="alice/nothing.*Hugging Face Hub.*offline"):
+        load_model("alice/nothing")
+
+
+def test_writes_are_atomic(tmp_path, tiny_model, monkeypatch):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_text(target, "whole")
+    assert target.read_text() == "whole" and os.listdir(tmp_path) == ["out.txt"]
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_pretrained(tiny_model, tmp_path / "model")
+    assert list((tmp_path / "model").iterdir()) == []

@@ -1,0 +1,144 @@
+"""The `gpt124m` command: help, `generate` (stdout carries only the text) and `info`."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpt124m.cli import _command_modules, main
+from gpt124m.config import PRESETS, get_preset
+from gpt124m.generate import GenerationConfig, generate_text
+
+PROMPT = "The meaning of life is"
+
+
+def names() -> list[str]:
+    return [m.NAME for m in _command_modules()]
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert {"generate", "info"} <= set(names())
+    for name in names():
+        assert name in out
+
+
+@pytest.mark.parametrize("name", names())
+def test_each_subcommand_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: gpt124m {name}" in capsys.readouterr().out
+
+
+def greedy_text(tiny_model, tok, prompt=PROMPT, n=12) -> str:
+    return generate_text(tiny_model, tok, [prompt], GenerationConfig(max_new_tokens=n))[0]
+
+
+def test_generate_greedy_prints_only_the_continuation(tiny_model, tiny_model_dir, tok, capsys):
+    argv = ["generate", "--model", str(tiny_model_dir), "--prompt", PROMPT]
+    rc = main([*argv, "--temperature", "0", "--max-new-tokens", "12", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    expected = greedy_text(tiny_model, tok)
+    assert expected.strip()
+    assert captured.out == expected + "\n"
+
+
+def test_generate_reads_the_prompt_from_stdin(tiny_model, tiny_model_dir, tok, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PROMPT))
+    argv = ["generate", "--model", str(tiny_model_dir), "--temperature", "0"]
+    assert main([*argv, "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out == greedy_text(tiny_model, tok) + "\n"
+
+
+def test_generate_sampling_with_seed_and_samples(tiny_model_dir, capsys):
+    argv = ["generate", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--seed", "3"]
+    argv += ["--max-new-tokens", "5", "--num-samples", "2", "--top-p", "0.9"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first
+    assert "--- sample 1 ---" in first and "--- sample 2 ---" in first
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--top-p", "1.5"], "--top-p"),
+        (["--top-p", "0"], "--top-p"),
+        (["--temperature", "-1"], "--temperature"),
+        (["--top-k", "-3"], "--top-k"),
+        (["--repetition-penalty", "0"], "--repetition-penalty"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--max-new-tokens", "500"], "block size"),
+        (["--num-samples", "0"], "--num-samples"),
+        (["--device", "tpu"], "--device 'tpu'"),
+        (["--prompt", ""], "--prompt"),
+    ],
+)
+def test_generate_bad_values_exit_2(tiny_model_dir, capsys, flags, message):
+    argv = ["generate", "--model", str(tiny_model_dir), "--prompt", PROMPT]
+    assert main([*argv, *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "gpt124m generate: error:" in captured.err and message in captured.err
+
+
+@pytest.mark.parametrize(
+    "flags", [["--max-new-tokens", "ten"], ["--dtype", "int8"], ["--temperature", "hot"], []]
+)
+def test_generate_unparsable_flags_exit_2(tiny_model_dir, capsys, flags):
+    argv = ["generate", "--model", str(tiny_model_dir)] if flags else ["generate"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, *flags])
+    assert exit_.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_generate_missing_model_exits_2(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_info_preset(capsys):
+    assert main(["info", "--preset", "gpt2"]) == 0
+    out = capsys.readouterr().out
+    assert "124,475,904" in out
+    assert "n_layer: 12" in out and "GiB" in out and "AdamW" in out
+    assert main(["info", "--preset", "gpt3-175b"]) == 0  # counted, never allocated
+    assert f"{get_preset('gpt3-175b').num_params():,}" in capsys.readouterr().out
+    assert main(["info", "--preset", "gpt5"]) == 2
+    assert "unknown model preset" in capsys.readouterr().err
+
+
+def test_info_list_and_model(tiny_model, tiny_model_dir, capsys):
+    assert main(["info", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in PRESETS)
+    assert main(["info", "--model", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"{tiny_model.num_params():,}" in out and "n_embd: 32" in out
+
+
+def test_console_script_in_a_subprocess(tiny_model, tiny_model_dir, tok):
+    script = Path(sys.executable).with_name("gpt124m")
+    if not script.exists():
+        pytest.skip("the gpt124m console script is not installed next to this Python")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    help_ = subprocess.run([script, "--help"], capture_output=True, text=True, env=env)
+    assert help_.returncode == 0 and "generate" in help_.stdout
+    argv = [script, "generate", "--model", tiny_model_dir, "--prompt", PROMPT]
+    argv += ["--temperature", "0", "--max-new-tokens", "12", "--device", "cpu"]
+    run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == greedy_text(tiny_model, tok) + "\n"
+    assert "loaded" in run.stderr  # the log line went to stderr
