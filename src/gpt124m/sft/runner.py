@@ -24,7 +24,7 @@ from gpt124m.sft import data as sft_data
 from gpt124m.sft.config import SFTConfig
 from gpt124m.sft.template import format_prompt
 from gpt124m.train import checkpointing, distributed
-from gpt124m.train.trainer import Hooks, fit
+from gpt124m.train.trainer import Hooks, fit, hellaswag_hook
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +110,6 @@ def _val_hook(cfg: SFTConfig, val: list, info: distributed.Dist):
     return batches
 
 
-def _hellaswag_hook(cfg: SFTConfig):
-    if not cfg.hellaswag_every:
-        return None
-    from gpt124m.train.trainer import _hellaswag_hook
-
-    return _hellaswag_hook(cfg)
-
-
 def sft(cfg: SFTConfig) -> dict[str, Any]:
     """Run instruction tuning as `cfg` says; returns the run summary (with output paths)."""
     cfg.validate()
@@ -174,7 +166,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
             samples=lambda m: sample_responses(
                 m, cfg.sample_prompts, cfg.template, cfg.sample_max_new_tokens
             ),
-            hellaswag=_hellaswag_hook(run_cfg),
+            hellaswag=hellaswag_hook(run_cfg),
         )
         metadata = {"sft": {"template": cfg.template, "method": cfg.method, "data": data.stats}}
         summary = fit(run_cfg, model, batches, hooks=hooks, info=info, metadata=metadata)

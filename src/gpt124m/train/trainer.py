@@ -493,7 +493,7 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
             samples=lambda m: sample_texts(
                 m, cfg.sample_prompts, cfg.sample_max_new_tokens, cfg.seed
             ),
-            hellaswag=_hellaswag_hook(cfg) if cfg.hellaswag_every else None,
+            hellaswag=hellaswag_hook(cfg),
         )
         summary = fit(
             cfg, model, loader, hooks=hooks, info=info, metadata={"data_dir": cfg.data_dir}
@@ -517,7 +517,10 @@ def _initial_model(cfg: TrainConfig) -> GPT:
     return load_model(cfg.model).train()
 
 
-def _hellaswag_hook(cfg: TrainConfig):
+def hellaswag_hook(cfg: TrainConfig):
+    """The periodic HellaSwag evaluation `--hellaswag-every` asks for, or None."""
+    if not cfg.hellaswag_every:
+        return None
     try:
         from gpt124m.eval.hellaswag import HellaSwagHook
     except ImportError:
