@@ -4,6 +4,8 @@ import argparse
 import logging
 import sys
 
+from gpt124m.cli._sampling import add_sampling_arguments, generation_config
+
 NAME = "chat"
 HELP = "Talk to an instruction-tuned model: one instruction per line, or one shot."
 
@@ -22,14 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--instruction", help="answer this one instruction and exit")
     p.add_argument("--input", default="", help="optional input for --instruction")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=50, help="0 disables top-k")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_sampling_arguments(p, max_new_tokens=256, temperature=0.7)
     p.epilog = (
         "Without --instruction, each line read from stdin is an instruction; the response "
         "streams to stdout, and the session ends at end of input (Ctrl-D)."
@@ -39,24 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from gpt124m.checkpoint import load_model, read_config, resolve_source
     from gpt124m.device import resolve_device, resolve_dtype
-    from gpt124m.generate import GenerationConfig
     from gpt124m.sft.chat import respond, trained_template
     from gpt124m.tokenizer import get_tokenizer
 
     if args.input and args.instruction is None:
         raise ValueError("--input needs --instruction")
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    cfg = GenerationConfig(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.temperature > 0,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
-    cfg.validate()
+    cfg = generation_config(args)
     model_dir = resolve_source(args.model)
     template = args.template or trained_template(read_config(model_dir))
     device = resolve_device(args.device)
