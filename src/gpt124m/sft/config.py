@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.resources
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gpt124m.sft.template import TEMPLATES
-from gpt124m.train.config import TrainConfig, add_config_arguments
+from gpt124m.train import config as train_config
+from gpt124m.train.config import TrainConfig, add_config_arguments, config_from_args, load_recipe
 
 METHODS = ("full", "lora")
 PAD_TO = ("block", "longest")
@@ -38,7 +34,6 @@ DEFAULT_INSTRUCTIONS = [
     "Write a short poem about the sea.",
 ]
 RECIPE_PACKAGE = "gpt124m.sft"
-RECIPE_DIR = "recipes"
 
 
 @dataclass
@@ -133,60 +128,18 @@ class SFTConfig(TrainConfig):
 
 def add_sft_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per SFTConfig field, except the pretraining-only ones (`NOT_FLAGS`)."""
-    hints = typing.get_type_hints(SFTConfig)
-    fields = []
-    for f in dataclasses.fields(SFTConfig):
-        if f.name in NOT_FLAGS:
-            continue
-        default = (
-            field(default=f.default)
-            if f.default is not dataclasses.MISSING
-            else field(default_factory=f.default_factory)
-        )
-        fields.append((f.name, hints[f.name], default))
-    add_config_arguments(parser, dataclasses.make_dataclass("SFTFlags", fields))
+    add_config_arguments(parser, SFTConfig, exclude=NOT_FLAGS)
 
 
 def recipe_names() -> list[str]:
-    folder = importlib.resources.files(RECIPE_PACKAGE) / RECIPE_DIR
-    return sorted(
-        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
-    )
+    return train_config.recipe_names(RECIPE_PACKAGE)
 
 
 def load_sft_recipe(name_or_path: str) -> dict[str, Any]:
     """Field overrides from a bundled SFT recipe name or a YAML file path."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise FileNotFoundError(f"--config {name_or_path}: no such file")
-        text = path.read_text()
-    else:
-        resource = importlib.resources.files(RECIPE_PACKAGE) / RECIPE_DIR / f"{name_or_path}.yaml"
-        if not resource.is_file():
-            raise ValueError(
-                f"--config {name_or_path!r}: unknown recipe; choose from "
-                f"{', '.join(recipe_names())} or give a .yaml path"
-            )
-        text = resource.read_text()
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {name_or_path}: a recipe must be a mapping of field: value")
-    data.pop("description", None)
-    known = {f.name for f in dataclasses.fields(SFTConfig)} - set(NOT_FLAGS)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"--config {name_or_path}: unknown fields {', '.join(unknown)}")
-    return data
+    return load_recipe(name_or_path, SFTConfig, package=RECIPE_PACKAGE, exclude=NOT_FLAGS)
 
 
 def sft_config_from_args(args: argparse.Namespace, recipe: str | None = None) -> SFTConfig:
     """Dataclass defaults, then the recipe, then explicit CLI flags."""
-    values = load_sft_recipe(recipe) if recipe else {}
-    for f in dataclasses.fields(SFTConfig):
-        value = getattr(args, f.name, None)
-        if value is not None and f.name not in NOT_FLAGS:
-            values[f.name] = value
-    cfg = SFTConfig(**values)
-    cfg.validate()
-    return cfg
+    return config_from_args(args, SFTConfig, recipe, package=RECIPE_PACKAGE, exclude=NOT_FLAGS)

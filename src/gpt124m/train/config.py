@@ -116,38 +116,45 @@ class TrainConfig:
 
 
 RECIPE_DIR = "recipes"
+RECIPE_PACKAGE = "gpt124m.train"
 
 
-def recipe_names() -> list[str]:
-    folder = importlib.resources.files("gpt124m.train") / RECIPE_DIR
+def recipe_names(package: str = RECIPE_PACKAGE) -> list[str]:
+    folder = importlib.resources.files(package) / RECIPE_DIR
     return sorted(
         p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
     )
 
 
-def load_recipe(name_or_path: str) -> dict[str, Any]:
-    """Field overrides from a bundled recipe name or a YAML file path."""
+def load_recipe(
+    name_or_path: str,
+    config_cls=TrainConfig,
+    *,
+    package: str = RECIPE_PACKAGE,
+    exclude: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Field overrides from a recipe bundled in `package` or a YAML file path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"--config {name_or_path}: no such file")
         text = path.read_text()
     else:
-        resource = importlib.resources.files("gpt124m.train") / RECIPE_DIR / f"{name_or_path}.yaml"
+        resource = importlib.resources.files(package) / RECIPE_DIR / f"{name_or_path}.yaml"
         if not resource.is_file():
             raise ValueError(
-                f"--config {name_or_path!r}: unknown recipe; choose from {', '.join(recipe_names())} "
-                "or give a .yaml path"
+                f"--config {name_or_path!r}: unknown recipe; choose from "
+                f"{', '.join(recipe_names(package))} or give a .yaml path"
             )
         text = resource.read_text()
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ValueError(f"--config {name_or_path}: a recipe must be a mapping of field: value")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known - {"description"})
+    data.pop("description", None)
+    known = {f.name for f in dataclasses.fields(config_cls)} - set(exclude)
+    unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"--config {name_or_path}: unknown fields {', '.join(unknown)}")
-    data.pop("description", None)
     return data
 
 
@@ -160,10 +167,14 @@ def _flag_type(tp: Any):
     return tp
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls=TrainConfig) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_cls=TrainConfig, *, exclude: tuple[str, ...] = ()
+) -> None:
     """One `--flag` per dataclass field; unset flags stay None so recipes keep their values."""
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
+        if f.name in exclude:
+            continue
         flag = "--" + f.name.replace("_", "-")
         tp = _flag_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -178,12 +189,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls=TrainConfig
             parser.add_argument(flag, type=tp, default=None, help=help_text)
 
 
-def config_from_args(args: argparse.Namespace, config_cls=TrainConfig, recipe: str | None = None):
+def config_from_args(
+    args: argparse.Namespace,
+    config_cls=TrainConfig,
+    recipe: str | None = None,
+    *,
+    package: str = RECIPE_PACKAGE,
+    exclude: tuple[str, ...] = (),
+):
     """Dataclass defaults, then the recipe, then explicit CLI flags."""
-    values: dict[str, Any] = load_recipe(recipe) if recipe else {}
+    values: dict[str, Any] = (
+        load_recipe(recipe, config_cls, package=package, exclude=exclude) if recipe else {}
+    )
     for f in dataclasses.fields(config_cls):
         value = getattr(args, f.name, None)
-        if value is not None:
+        if value is not None and f.name not in exclude:
             values[f.name] = value
     config = config_cls(**values)
     config.validate()
