@@ -72,6 +72,8 @@ class TrainConfig:
     resume: str = "none"  # none | auto | a checkpoint directory
 
     # reporting
+    tensorboard: bool = False  # also write TensorBoard scalars to out_dir/tensorboard
+    wandb_project: str | None = None  # also log to this Weights & Biases project
     peak_flops: float | None = (
         None  # per device, for MFU; None = known GPU table or measured CPU peak
     )

@@ -97,9 +97,10 @@ def format_duration(seconds: float) -> str:
 class MetricsLog:
     """Append-only JSONL of every event, readable while the run goes on."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, trackers: list | None = None):
         self.path = path
         self.enabled = enabled
+        self.trackers = trackers or []
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop events a killed run logged after its last checkpoint."""
@@ -115,6 +116,12 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for tracker in self.trackers:
+            tracker.log(record)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():

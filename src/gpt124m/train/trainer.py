@@ -24,6 +24,7 @@ from gpt124m.checkpoint import WEIGHTS_NAME, build_model, save_pretrained
 from gpt124m.model import GPT
 from gpt124m.train import checkpointing, distributed
 from gpt124m.train.config import TrainConfig
+from gpt124m.train.loggers import build_trackers
 from gpt124m.train.metrics import (
     MetricsLog,
     device_power_watts,
@@ -355,6 +356,12 @@ class _Run:
         cfg, info = self.cfg, self.info
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics.trackers = build_trackers(
+                self.out,
+                tensorboard=cfg.tensorboard,
+                wandb_project=cfg.wandb_project,
+                config=cfg.to_dict(),
+            )
             log.info(
                 "training %s on %d x %s | %s | accum %d x micro %d x T %d x world %d = %s tokens/step",
                 type(self.raw).__name__,
@@ -447,7 +454,10 @@ def fit(
     info = info or distributed.init(cfg.device)
     run = _Run(cfg, model, data, hooks or Hooks(), info, metadata or {})
     run.prepare()
-    return run.loop()
+    try:
+        return run.loop()
+    finally:
+        run.metrics.close()
 
 
 def sample_texts(model: GPT, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:

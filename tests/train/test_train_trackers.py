@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+
+from gpt124m.config import get_preset
+from gpt124m.model import GPT
+from gpt124m.train.config import TrainConfig
+from gpt124m.train.trainer import fit
+
+
+def cfg(tmp_path, **kw):
+    return TrainConfig(
+        out_dir=str(tmp_path / "run"),
+        seq_len=32,
+        micro_batch_size=4,
+        total_batch_tokens=128,
+        max_steps=4,
+        warmup_steps=1,
+        precision="fp32",
+        eval_every=0,
+        sample_every=0,
+        **kw,
+    )
+
+
+def jsonl_losses(run):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def test_tensorboard_gets_the_same_scalars_as_the_metrics_log(tmp_path, fixed_batches):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    fit(cfg(tmp_path, tensorboard=True), GPT(get_preset("tiny")), fixed_batches())
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("train/loss")
+    assert [e.step for e in scalars] == [1, 2, 3, 4]
+    assert [e.value for e in scalars] == pytest.approx(jsonl_losses(tmp_path / "run"), rel=1e-6)
+    assert "train/lr" in events.Tags()["scalars"]
+
+
+def test_wandb_offline_run_records_the_losses(tmp_path, fixed_batches, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    torch.manual_seed(0)
+    fit(cfg(tmp_path, wandb_project="gpt124m-test"), GPT(get_preset("tiny")), fixed_batches())
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1  # the offline run `wandb sync` would upload
+    data = runs[0].read_bytes()
+    assert b"train/loss" in data and b"train/grad_norm" in data
+    assert b"gpt124m-test" in data
