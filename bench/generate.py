@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from _baseline import transformers_gpt2
 
 from gpt124m.checkpoint import build_model
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
@@ -41,17 +42,7 @@ def cpu_name() -> str:
 
 
 def hf_model(config):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    hf_config = GPT2Config(
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        n_embd=config.n_embd,
-        n_positions=config.block_size,
-        vocab_size=GPT2_VOCAB_SIZE,
-    )
-    hf_config._attn_implementation = "sdpa"
-    model = GPT2LMHeadModel(hf_config).eval()
+    model = transformers_gpt2(config, vocab_size=GPT2_VOCAB_SIZE).eval()
     model.generation_config.eos_token_id = None  # always produce every requested token
     model.generation_config.pad_token_id = GPT2_VOCAB_SIZE - 1
     return model

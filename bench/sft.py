@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _baseline import transformers_gpt2
 
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
@@ -30,23 +31,6 @@ from gpt124m.train.trainer import autocast_context
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alpaca_5000.json"
 LORA = {"r": 8, "alpha": 8, "dropout": 0.05}
-
-
-def hf_model(config):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    hf_config = GPT2Config(
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        n_embd=config.n_embd,
-        n_positions=config.block_size,
-        vocab_size=config.vocab_size,
-        attn_pdrop=0.0,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-    )
-    hf_config._attn_implementation = "sdpa"
-    return GPT2LMHeadModel(hf_config)
 
 
 def hf_lora(model):
@@ -97,7 +81,7 @@ class Stepper:
 def build(impl: str, method: str, config, device):
     torch.manual_seed(0)
     if impl == "transformers":
-        model = hf_model(config)
+        model = transformers_gpt2(config)
         model = hf_lora(model) if method == "lora" else model
         return model.to(device), hf_loss
     model = GPT(config)

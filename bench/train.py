@@ -12,29 +12,13 @@ import argparse
 import time
 
 import torch
+from _baseline import transformers_gpt2
 
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
 from gpt124m.train.metrics import peak_flops
 from gpt124m.train.optim import build_adamw
 from gpt124m.train.trainer import autocast_context
-
-
-def hf_model(config):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    hf_config = GPT2Config(
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        n_embd=config.n_embd,
-        n_positions=config.block_size,
-        vocab_size=config.vocab_size,
-        attn_pdrop=0.0,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-    )
-    hf_config._attn_implementation = "sdpa"
-    return GPT2LMHeadModel(hf_config)
 
 
 def time_steps(model, step_fn, device, dtype, steps: int) -> float:
@@ -81,7 +65,7 @@ def main() -> None:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         peak = peak_flops(device, dtype)
         torch.manual_seed(0)
-        hf = hf_model(config).to(device).train()
+        hf = transformers_gpt2(config).to(device).train()
         hf_s = time_steps(
             hf, lambda hf=hf: hf(inputs, labels=x[:, :-1]).loss, device, dtype, args.steps
         )
