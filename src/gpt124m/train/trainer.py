@@ -122,7 +122,7 @@ class _Run:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.model = distributed.wrap(self.raw, info, cfg.parallel)
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.step_model = self._compiled(self.model) if cfg.compile else self.model
         self.optimizer = build_adamw(
             self.raw,
             lr=cfg.max_lr,
@@ -150,6 +150,17 @@ class _Run:
             )
         self.flops_per_token = self._flops_per_token()
         self.peak = peak_flops(self.device, self.amp_dtype, cfg.peak_flops)
+
+    def _compiled(self, model: nn.Module) -> nn.Module:
+        """Only the training step is compiled: eval and sampling see other shapes and modes."""
+        if self.device.type == "cpu" and not any(
+            shutil.which(cxx) for cxx in ("c++", "g++", "clang++")
+        ):
+            raise RuntimeError(
+                "--compile on CPU needs a C++ compiler (Inductor builds its kernels with one): "
+                "install g++ (e.g. apt-get install g++) or drop --compile"
+            )
+        return torch.compile(model)
 
     def _fsdp(self) -> bool:
         return self.info.enabled and self.cfg.parallel == "fsdp"
@@ -465,7 +476,7 @@ def sample_texts(model: GPT, prompts: list[str], max_new_tokens: int, seed: int)
     from gpt124m.generate import GenerationConfig, generate_text
     from gpt124m.tokenizer import get_tokenizer
 
-    budget = min(max_new_tokens, model.config.block_size - 64)
+    budget = min(max_new_tokens, model.config.block_size // 2)
     cfg = GenerationConfig(max_new_tokens=budget, do_sample=True, top_k=50, seed=seed)
     tok = get_tokenizer()
     return [p + t for p, t in zip(prompts, generate_text(model, tok, prompts, cfg), strict=True)]
