@@ -1,7 +1,9 @@
 import argparse
+import dataclasses
 
 import pytest
 
+from gpt124m.sft.config import NOT_FLAGS, SFTConfig
 from gpt124m.train.config import (
     TrainConfig,
     add_config_arguments,
@@ -62,9 +64,26 @@ def test_indivisible_batch_is_a_clear_error():
 def test_bad_values_and_recipes_are_named(tmp_path):
     with pytest.raises(ValueError, match="--precision"):
         parse(["--precision", "fp8"])
+    with pytest.raises(ValueError, match="--grad-clip 0.0: must be positive"):
+        parse(["--grad-clip", "0"])
     with pytest.raises(ValueError, match="unknown recipe"):
         load_recipe("nope")
     bad = tmp_path / "r.yaml"
     bad.write_text("max_stepz: 3\n")
     with pytest.raises(ValueError, match="max_stepz"):
         load_recipe(str(bad))
+
+
+@pytest.mark.parametrize("config_cls, exclude", [(TrainConfig, ()), (SFTConfig, NOT_FLAGS)])
+def test_every_flag_says_what_it_does_and_its_default(config_cls, exclude):
+    p = argparse.ArgumentParser()
+    add_config_arguments(p, config_cls, exclude=exclude)
+    flags = [a for a in p._actions if a.dest != "help"]
+    assert len(flags) == len(dataclasses.fields(config_cls)) - len(exclude)
+    for action in flags:
+        words = action.help.split("(default")[0].split()
+        assert len(words) >= 2, f"{action.option_strings[0]} has no description"
+        assert "default" in action.help, f"{action.option_strings[0]} does not state its default"
+    helps = {a.dest: a.help for a in flags}
+    if config_cls is SFTConfig:  # a subclass's wording wins over the pretraining one
+        assert helps["max_lr"].startswith("peak learning rate (default: 5e-5 full")

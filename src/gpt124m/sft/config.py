@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from gpt124m.sft.template import TEMPLATES
 from gpt124m.train import config as train_config
@@ -40,41 +40,71 @@ RECIPE_PACKAGE = "gpt124m.sft"
 class SFTConfig(TrainConfig):
     """An instruction-tuning run. Defaults reproduce the seed's full fine-tuning on Alpaca."""
 
-    base: str = ""  # model dir, GPT-2 dir, hub id, or a preset name (random init)
-    data: str = "alpaca"  # `alpaca` (tatsu-lab/alpaca on the Hub) or a local JSON/JSONL file
-    method: str = "full"  # full | lora
-    template: str = "seed"  # seed | alpaca
+    base: str = ""
+    data: str = "alpaca"
+    method: str = "full"
+    template: str = "seed"
     val_fraction: float = 0.1
     split_seed: int = 0
-    pad_to: str = "block"  # block | longest (the longest example in the data set)
+    pad_to: str = "block"
     epochs: float = 3.0
-    batch_size: int = 8  # examples per optimizer step, over all ranks and micro-steps
-    warmup_fraction: float = 0.01  # used when warmup_steps is not given
+    batch_size: int = 8
+    warmup_fraction: float = 0.01
 
     lora_r: int = 8
     lora_alpha: int = 8
     lora_dropout: float = 0.05
-    lora_targets: str = "default"  # default | all-linear | comma-separated module names
-    merge: bool = True  # LoRA: also write the merged, standalone model
+    lora_targets: str = "default"
+    merge: bool = True
 
     # inherited fields with SFT defaults (None: resolved from the model, the data or the method)
     model: str = ""
     data_dir: str = ""
     out_dir: str = "runs/sft"
-    seq_len: int | None = None  # block size: longer examples are dropped (default: the model's)
-    micro_batch_size: int | None = None  # examples per rank and micro-step (default: all)
-    max_steps: int | None = None  # default: epochs x train examples / batch_size
+    seq_len: int | None = None
+    micro_batch_size: int | None = None
+    max_steps: int | None = None
     warmup_steps: int | None = None
     max_lr: float | None = None
     min_lr: float = 0.0
     weight_decay: float | None = None
-    precision: str = "fp32"  # the seed's SFT precision
+    precision: str = "fp32"
     eval_every: int = 500
-    val_tokens: int = 1_048_576  # padded tokens per evaluation, over all ranks
+    val_tokens: int = 1_048_576
     sample_every: int = 1000
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_INSTRUCTIONS))
     sample_max_new_tokens: int = 64
     checkpoint_every: int = 1000
+
+    FLAG_HELP: ClassVar[dict[str, str]] = {
+        "base": "the model to tune: a model directory, GPT-2 directory, hub id, or a preset "
+        "name (random init)",
+        "data": "alpaca (tatsu-lab/alpaca from the Hub) or a local JSON/JSONL file of "
+        "instruction/input/output records",
+        "method": "full (every weight) or lora (adapters; peft)",
+        "template": "prompt template: seed or alpaca",
+        "val_fraction": "share of the examples held out for validation",
+        "split_seed": "seed of the train/validation split",
+        "pad_to": "batch length: block (the block size) or longest (the longest example)",
+        "epochs": "passes over the training examples (sets --max-steps when that is not given)",
+        "batch_size": "examples per optimizer step, over all ranks and micro-steps",
+        "warmup_fraction": "warmup as a share of the steps, when --warmup-steps is not given",
+        "lora_r": "LoRA rank",
+        "lora_alpha": "LoRA alpha (the update is scaled by alpha / r)",
+        "lora_dropout": "dropout on the LoRA input",
+        "lora_targets": "default (c_attn, attn c_proj, c_fc, mlp c_proj), all-linear, or "
+        "comma-separated module names",
+        "merge": "LoRA: also write a merged, standalone model",
+        "out_dir": "where metrics, checkpoints and the tuned model go",
+        "seq_len": "block size; longer examples are dropped (default: the model's)",
+        "micro_batch_size": "examples per rank and forward pass (default: the whole batch)",
+        "max_steps": "optimizer steps (default: epochs x training examples / batch size)",
+        "warmup_steps": "steps of linear warmup (default: from --warmup-fraction)",
+        "max_lr": "peak learning rate (default: 5e-5 full, 3e-4 LoRA)",
+        "weight_decay": "AdamW weight decay on >= 2-D tensors (default: 0.1 full, 0 LoRA)",
+        "val_tokens": "padded tokens per evaluation, over all ranks",
+        "sample_prompts": "instructions answered in the periodic samples",
+    }
 
     def __post_init__(self) -> None:
         defaults = METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["full"])

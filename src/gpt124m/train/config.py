@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -27,12 +27,12 @@ class TrainConfig:
     """Everything a pretraining run needs. Defaults describe a small CPU-friendly run."""
 
     # model and data
-    model: str = "nano"  # a preset name, or a model directory to continue from (e.g. GPT-2)
+    model: str = "nano"
     data_dir: str = "data/builtin"
     out_dir: str = "runs/train"
     seq_len: int = 256
     micro_batch_size: int = 8
-    total_batch_tokens: int = 8 * 256  # per optimizer step, summed over ranks and micro-steps
+    total_batch_tokens: int = 8 * 256
     max_steps: int = 100
     seed: int = 1337
     dropout: float = 0.0
@@ -41,8 +41,8 @@ class TrainConfig:
     max_lr: float = 6e-4
     min_lr: float = 6e-5
     warmup_steps: int = 10
-    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
-    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -51,9 +51,9 @@ class TrainConfig:
 
     # execution
     device: str = "auto"
-    precision: str = "auto"  # auto = bf16 where the device supports it, else fp32
+    precision: str = "auto"
     compile: bool = False
-    parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard), used under torchrun
+    parallel: str = "ddp"
 
     # periodic work (0 disables)
     log_every: int = 1
@@ -69,16 +69,61 @@ class TrainConfig:
     hellaswag_data: str | None = None
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
-    resume: str = "none"  # none | auto | a checkpoint directory
+    resume: str = "none"
 
     # reporting
-    tensorboard: bool = False  # also write TensorBoard scalars to out_dir/tensorboard
-    wandb_project: str | None = None  # also log to this Weights & Biases project
-    peak_flops: float | None = (
-        None  # per device, for MFU; None = known GPU table or measured CPU peak
-    )
-    power_watts: float | None = None  # per device, for the energy estimate; None = a table default
-    grid_gco2_per_kwh: float = 288.0  # carbon intensity used in the seed model card's estimate
+    tensorboard: bool = False
+    wandb_project: str | None = None
+    peak_flops: float | None = None
+    power_watts: float | None = None
+    grid_gco2_per_kwh: float = 288.0
+
+    FLAG_HELP: ClassVar[dict[str, str]] = {
+        "model": "a preset name (see `gpt124m info`), or a model directory to continue from",
+        "data_dir": "folder of token shards written by `gpt124m prepare`",
+        "out_dir": "where metrics, curves, checkpoints and the final model go",
+        "seq_len": "tokens per sequence (T)",
+        "micro_batch_size": "sequences per rank and forward pass (B)",
+        "total_batch_tokens": "tokens per optimizer step over all ranks and micro-steps; "
+        "gradient accumulation = this / (B x T x world size)",
+        "max_steps": "optimizer steps in the run",
+        "seed": "seeds the model init, the data order and the samples",
+        "dropout": "dropout probability in the model",
+        "max_lr": "peak learning rate, reached after the warmup",
+        "min_lr": "learning rate at the end of the decay",
+        "warmup_steps": "steps of linear warmup from 0 to --max-lr",
+        "schedule": "after warmup: cosine | wsd (warmup-stable-decay) | constant",
+        "decay_fraction": "wsd: share of the steps spent decaying at the end",
+        "weight_decay": "AdamW decoupled weight decay, on tensors with >= 2 dimensions only",
+        "beta1": "AdamW beta1",
+        "beta2": "AdamW beta2",
+        "eps": "AdamW epsilon",
+        "grad_clip": "clip the global gradient norm to this (inf: never clip)",
+        "device": "auto, cpu, cuda or mps; under torchrun each rank takes cuda:LOCAL_RANK",
+        "precision": "auto (bf16 where the device runs it natively, else fp32), fp32, bf16 or "
+        "fp16 (with a gradient scaler)",
+        "compile": "run the training step through torch.compile (eval and sampling stay eager)",
+        "parallel": "under torchrun: ddp, or fsdp (FSDP2 fully_shard) for models that do not "
+        "fit one device",
+        "log_every": "a console line and a metrics.jsonl record every N steps",
+        "eval_every": "validation loss every N steps (0: never)",
+        "val_tokens": "tokens of the validation shard per evaluation, over all ranks",
+        "sample_every": "text samples from --sample-prompts every N steps (0: never)",
+        "sample_prompts": "prompts for the periodic samples",
+        "sample_max_new_tokens": "tokens generated per sample",
+        "hellaswag_every": "HellaSwag accuracy every N steps (0: never)",
+        "hellaswag_limit": "score only the first N HellaSwag items (default: all 10,042)",
+        "hellaswag_data": "a local HellaSwag validation file (default: Rowan/hellaswag from the Hub)",
+        "checkpoint_every": "a checkpoint every N steps (0: only at the end)",
+        "keep_checkpoints": "how many of the newest checkpoints to keep",
+        "resume": "none, auto (the newest good checkpoint in --out-dir) or a checkpoint directory",
+        "tensorboard": "also write TensorBoard scalars to OUT_DIR/tensorboard",
+        "wandb_project": "also log to this Weights & Biases project",
+        "peak_flops": "peak FLOP/s per device for MFU (default: the known GPU's, or a measured "
+        "matmul peak on CPU)",
+        "power_watts": "power per device for the energy estimate (default: by device type)",
+        "grid_gco2_per_kwh": "grid carbon intensity for the CO2 estimate",
+    }
 
     def validate(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -102,6 +147,8 @@ class TrainConfig:
             raise bad("min_lr", f"must be between 0 and --max-lr ({self.max_lr})")
         if not 0 < self.decay_fraction <= 1:
             raise bad("decay_fraction", "must be in (0, 1]")
+        if not self.grad_clip > 0:
+            raise bad("grad_clip", "must be positive (inf never clips)")
 
     def grad_accum_steps(self, world_size: int) -> int:
         per_micro = self.micro_batch_size * self.seq_len * world_size
@@ -169,18 +216,29 @@ def _flag_type(tp: Any):
     return tp
 
 
+def flag_help(config_cls) -> dict[str, str]:
+    """Each field's help text; a subclass's `FLAG_HELP` overrides its parents'."""
+    helps: dict[str, str] = {}
+    for klass in reversed(config_cls.__mro__):
+        helps.update(vars(klass).get("FLAG_HELP", {}))
+    return helps
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser, config_cls=TrainConfig, *, exclude: tuple[str, ...] = ()
 ) -> None:
     """One `--flag` per dataclass field; unset flags stay None so recipes keep their values."""
     hints = typing.get_type_hints(config_cls)
+    helps = flag_help(config_cls)
     for f in dataclasses.fields(config_cls):
         if f.name in exclude:
             continue
         flag = "--" + f.name.replace("_", "-")
         tp = _flag_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"(default: {default!r})"
+        help_text = helps[f.name]
+        if "default:" not in help_text:
+            help_text += f" (default: {default!r})"
         if tp is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text

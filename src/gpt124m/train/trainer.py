@@ -55,7 +55,10 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass
 class Hooks:
-    """Optional periodic work; each returns something to log, or None."""
+    """Optional periodic work; each returns something to log, or None.
+
+    A `hellaswag` hook may also have `prepare(rank=...)`, called once before training starts.
+    """
 
     val_batches: Callable[[], Batches] | None = None
     samples: Callable[[nn.Module], list[str]] | None = None
@@ -114,6 +117,11 @@ class _Run:
     # -- setup ---------------------------------------------------------------------------------
     def prepare(self) -> None:
         cfg, info = self.cfg, self.info
+        prepare_hellaswag = getattr(self.hooks.hellaswag, "prepare", None)
+        if cfg.hellaswag_every and prepare_hellaswag is not None:
+            # Download and check the items now: bad data should stop the run before step 1,
+            # not at the first evaluation hours later.
+            prepare_hellaswag(rank=info.rank)
         resume_from = self._resume_path()
         state = checkpointing.load(resume_from, info) if resume_from else None
         if state is not None:
