@@ -1,4 +1,5 @@
-"""Fixtures shared by the foundation tests: one lively tiny model, its directory, the tokenizer.
+"""Fixtures shared across the suite: one lively tiny model, its directory, the tokenizer, and an
+in-memory batch source for training loops.
 
 The model is the `tiny` preset with weights drawn wider than GPT-2's init, so that its greedy
 continuations vary with context (a freshly initialised model just repeats one token, which would
@@ -16,6 +17,7 @@ from gpt124m.checkpoint import save_pretrained
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
 from gpt124m.tokenizer import Tokenizer, get_tokenizer
+from gpt124m.train.config import TrainConfig
 
 
 def lively_tiny_model(seed: int = 2) -> GPT:
@@ -45,3 +47,54 @@ def tiny_model_dir(tmp_path_factory, tiny_model) -> Path:
 @pytest.fixture(scope="session")
 def tok() -> Tokenizer:
     return get_tokenizer()
+
+
+class FixedBatches:
+    """An in-memory BatchSource: the same or cycling batches, with a resumable position."""
+
+    def __init__(self, n_batches=1, batch_size=4, seq_len=32, vocab=1000, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.batches = [
+            torch.randint(0, vocab, (batch_size, seq_len + 1), generator=g)
+            for _ in range(n_batches)
+        ]
+        self.i = 0
+
+    def next_batch(self):
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b[:, :-1], b[:, 1:]
+
+    def state_dict(self):
+        return {"i": self.i}
+
+    def load_state_dict(self, state):
+        self.i = state["i"]
+
+
+@pytest.fixture
+def fixed_batches():
+    return FixedBatches
+
+
+def tiny_run_config(tmp_path: Path, **overrides) -> TrainConfig:
+    """A 4-step fp32 run of FixedBatches-sized batches with every periodic job off."""
+    base = dict(
+        out_dir=str(tmp_path / "run"),
+        seq_len=32,
+        micro_batch_size=4,
+        total_batch_tokens=128,
+        max_steps=4,
+        warmup_steps=1,
+        precision="fp32",
+        eval_every=0,
+        sample_every=0,
+        checkpoint_every=0,
+        log_every=1,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture
+def run_config():
+    return tiny_run_config

@@ -5,48 +5,18 @@ import torch
 
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
-from gpt124m.train.config import TrainConfig
 from gpt124m.train.trainer import Hooks, fit, hellaswag_hook
 
 
-class OneBatch:
-    def __init__(self):
-        self.batch = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(0))
-
-    def next_batch(self):
-        return self.batch[:, :-1], self.batch[:, 1:]
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
+def config(run_config, tmp_path, data):
+    return run_config(tmp_path, hellaswag_every=2, hellaswag_data=str(data), hellaswag_limit=5)
 
 
-def config(tmp_path, data):
-    return TrainConfig(
-        out_dir=str(tmp_path / "run"),
-        seq_len=16,
-        micro_batch_size=2,
-        total_batch_tokens=32,
-        max_steps=4,
-        warmup_steps=1,
-        precision="fp32",
-        eval_every=0,
-        sample_every=0,
-        checkpoint_every=0,
-        hellaswag_every=2,
-        hellaswag_data=str(data),
-        hellaswag_limit=5,
-        log_every=1,
-    )
-
-
-def test_training_scores_hellaswag_on_its_interval(tmp_path, jsonl_file):
-    cfg = config(tmp_path, jsonl_file)
+def test_training_scores_hellaswag_on_its_interval(tmp_path, jsonl_file, fixed_batches, run_config):
+    cfg = config(run_config, tmp_path, jsonl_file)
     torch.manual_seed(0)
     summary = fit(
-        cfg, GPT(get_preset("tiny")), OneBatch(), hooks=Hooks(hellaswag=hellaswag_hook(cfg))
+        cfg, GPT(get_preset("tiny")), fixed_batches(), hooks=Hooks(hellaswag=hellaswag_hook(cfg))
     )
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -57,11 +27,18 @@ def test_training_scores_hellaswag_on_its_interval(tmp_path, jsonl_file):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_malformed_hellaswag_data_stops_the_run_before_the_first_step(tmp_path, rows, make_jsonl):
+def test_malformed_hellaswag_data_stops_the_run_before_the_first_step(
+    tmp_path, rows, make_jsonl, fixed_batches, run_config
+):
     del rows[3]["endings"]
     data = make_jsonl(tmp_path / "bad.jsonl", rows)
-    cfg = config(tmp_path, data)
+    cfg = config(run_config, tmp_path, data)
     with pytest.raises(ValueError, match="endings"):
-        fit(cfg, GPT(get_preset("tiny")), OneBatch(), hooks=Hooks(hellaswag=hellaswag_hook(cfg)))
+        fit(
+            cfg,
+            GPT(get_preset("tiny")),
+            fixed_batches(),
+            hooks=Hooks(hellaswag=hellaswag_hook(cfg)),
+        )
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or '"train"' not in metrics.read_text()

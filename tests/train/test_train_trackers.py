@@ -5,23 +5,7 @@ import torch
 
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
-from gpt124m.train.config import TrainConfig
 from gpt124m.train.trainer import fit
-
-
-def cfg(tmp_path, **kw):
-    return TrainConfig(
-        out_dir=str(tmp_path / "run"),
-        seq_len=32,
-        micro_batch_size=4,
-        total_batch_tokens=128,
-        max_steps=4,
-        warmup_steps=1,
-        precision="fp32",
-        eval_every=0,
-        sample_every=0,
-        **kw,
-    )
 
 
 def jsonl_losses(run):
@@ -29,12 +13,12 @@ def jsonl_losses(run):
     return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
 
 
-def test_tensorboard_gets_the_same_scalars_as_the_metrics_log(tmp_path, fixed_batches):
+def test_tensorboard_gets_the_same_scalars_as_the_metrics_log(tmp_path, fixed_batches, run_config):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     torch.manual_seed(0)
-    fit(cfg(tmp_path, tensorboard=True), GPT(get_preset("tiny")), fixed_batches())
+    fit(run_config(tmp_path, tensorboard=True), GPT(get_preset("tiny")), fixed_batches())
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     scalars = events.Scalars("train/loss")
@@ -43,12 +27,14 @@ def test_tensorboard_gets_the_same_scalars_as_the_metrics_log(tmp_path, fixed_ba
     assert "train/lr" in events.Tags()["scalars"]
 
 
-def test_wandb_offline_run_records_the_losses(tmp_path, fixed_batches, monkeypatch):
+def test_wandb_offline_run_records_the_losses(tmp_path, fixed_batches, monkeypatch, run_config):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     torch.manual_seed(0)
-    fit(cfg(tmp_path, wandb_project="gpt124m-test"), GPT(get_preset("tiny")), fixed_batches())
+    fit(
+        run_config(tmp_path, wandb_project="gpt124m-test"), GPT(get_preset("tiny")), fixed_batches()
+    )
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1  # the offline run `wandb sync` would upload
     data = runs[0].read_bytes()
