@@ -171,3 +171,15 @@ def test_writes_are_atomic(tmp_path, tiny_model, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         save_pretrained(tiny_model, tmp_path / "model")
     assert list((tmp_path / "model").iterdir()) == []
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path, tiny_model):
+    """mkstemp makes 0600 files; a written model must be readable as if made by open()."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        out = save_pretrained(tiny_model, tmp_path / "model")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644

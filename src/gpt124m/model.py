@@ -21,6 +21,8 @@ from torch import nn
 
 from gpt124m.config import ModelConfig
 
+IGNORE_INDEX = -100  # targets the loss skips (prompt and padding tokens in SFT), as in PyTorch
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -145,7 +147,7 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (logits, loss). Targets equal to -100 are ignored by the loss.
+        """Return (logits, loss). Targets equal to IGNORE_INDEX (-100) are ignored by the loss.
 
         With `cache`, `idx` holds only the new tokens and `attention_mask` covers the cache plus
         them. `last_only` computes logits for the final position only (all that sampling needs).
@@ -184,7 +186,7 @@ class GPT(nn.Module):
             return logits, None
         logits = self.lm_head(x)
         loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
         return logits, loss
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -60,6 +61,45 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path, fixed_batches):
     assert big == pytest.approx(accumulated, abs=1e-5)
 
 
+class MaskedBatches:
+    """Rows with very different numbers of unmasked targets, as in instruction tuning."""
+
+    def __init__(self, micro_batch_size, seq_len=32, vocab=1000):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, vocab, (4, seq_len + 1), generator=g)
+        self.x, self.y = x[:, :-1], x[:, 1:].clone()
+        for row, kept in enumerate((30, 2, 16, 5)):
+            self.y[row, : seq_len - kept] = -100
+        self.micro, self.i = micro_batch_size, 0
+
+    def next_batch(self):
+        rows = [(self.i + k) % 4 for k in range(self.micro)]
+        self.i += self.micro
+        return self.x[rows], self.y[rows]
+
+    def state_dict(self):
+        return {"i": self.i}
+
+    def load_state_dict(self, state):
+        self.i = state["i"]
+
+
+def test_accumulation_weights_micro_batches_by_their_target_tokens(tmp_path):
+    """Four micro-batches of one row each must equal one batch of four rows: the loss is the
+    mean over every unmasked target of the step, not the mean of per-row means."""
+
+    def run(micro, name):
+        torch.manual_seed(0)
+        cfg = tiny_cfg(tmp_path / name, micro_batch_size=micro, max_steps=3, total_batch_tokens=128)
+        model = GPT(get_preset("tiny"))
+        fit(cfg, model, MaskedBatches(micro))
+        return train_losses(tmp_path / name / "run"), model.transformer.wte.weight
+
+    (big, big_w), (accumulated, acc_w) = run(4, "big"), run(1, "accum")
+    assert big == pytest.approx(accumulated, abs=1e-5)
+    torch.testing.assert_close(big_w, acc_w, rtol=0, atol=1e-5)
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, fixed_batches):
     torch.manual_seed(0)
     model = GPT(get_preset("tiny"))
@@ -78,18 +118,86 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, fixed_batches
     checkpointing.verify(ckpts[-1])
 
 
-def test_corrupt_checkpoint_is_reported_and_skipped(tmp_path, caplog, fixed_batches):
+def test_corrupt_checkpoint_is_reported_skipped_and_set_aside(tmp_path, caplog, fixed_batches):
     torch.manual_seed(0)
     fit(
-        tiny_cfg(tmp_path, checkpoint_every=2, max_steps=4),
+        tiny_cfg(tmp_path / "whole", checkpoint_every=2, max_steps=6),
         GPT(get_preset("tiny")),
         fixed_batches(),
     )
+    cfg = tiny_cfg(tmp_path, checkpoint_every=2, max_steps=4, keep_checkpoints=2)
+    torch.manual_seed(0)
+    fit(cfg, GPT(get_preset("tiny")), fixed_batches())
     root = tmp_path / "run" / "checkpoints"
     newest = root / "step_0000004" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])
     assert checkpointing.find_resumable(root).name == "step_0000002"
     assert "sha256 mismatch" in caplog.text
+    # Resuming sets the corrupt checkpoint aside (kept), so pruning cannot favour it over the
+    # new ones, and the run continues exactly from step 2.
+    resumed = dataclasses.replace(cfg, max_steps=6, resume="auto")
+    fit(resumed, GPT(get_preset("tiny")), fixed_batches())
+    assert [p.name for p in checkpointing.list_checkpoints(root)] == [
+        "step_0000004",
+        "step_0000006",
+    ]
+    for path in checkpointing.list_checkpoints(root):
+        checkpointing.verify(path)
+    (aside,) = root.glob("step_0000004.set-aside-*")
+    assert (aside / "model.safetensors").stat().st_size == 100
+    assert train_losses(tmp_path / "run") == train_losses(tmp_path / "whole" / "run")
+
+
+def test_rolling_back_sets_the_later_timeline_aside(tmp_path, fixed_batches):
+    cfg = tiny_cfg(tmp_path, checkpoint_every=2, max_steps=6, keep_checkpoints=2)
+    torch.manual_seed(0)
+    fit(cfg, GPT(get_preset("tiny")), fixed_batches())
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in checkpointing.list_checkpoints(root)] == [
+        "step_0000004",
+        "step_0000006",
+    ]
+    rollback = dataclasses.replace(cfg, max_steps=8, max_lr=5e-3, resume=str(root / "step_0000004"))
+    fit(rollback, GPT(get_preset("tiny")), fixed_batches())
+    assert [p.name for p in checkpointing.list_checkpoints(root)] == [
+        "step_0000006",
+        "step_0000008",
+    ]
+    assert len(list(root.glob("step_0000006.set-aside-*"))) == 1
+    # the metrics log follows the new timeline: one record per step
+    assert len(train_losses(tmp_path / "run")) == 8
+
+
+def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path, fixed_batches):
+    cfg = tiny_cfg(tmp_path, checkpoint_every=2, max_steps=2)
+    fit(cfg, GPT(get_preset("tiny")), fixed_batches())
+    weights = tmp_path / "run" / "checkpoints" / "step_0000002" / "model.safetensors"
+    weights.write_bytes(b"\0" * 10)
+    with pytest.raises(ValueError, match="none of the 1 checkpoints .* verifies"):
+        fit(dataclasses.replace(cfg, resume="auto"), GPT(get_preset("tiny")), fixed_batches())
+
+
+def test_a_fresh_start_does_not_inherit_a_dead_runs_metrics(tmp_path, fixed_batches):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = '{"kind": "train", "step": 1, "loss": 99.0, "tokens": 128}\n{"kind": "tr'
+    (run / "metrics.jsonl").write_text(dead)
+    fit(tiny_cfg(tmp_path, max_steps=3, resume="auto"), GPT(get_preset("tiny")), fixed_batches())
+    losses = train_losses(run)
+    assert len(losses) == 3 and 99.0 not in losses
+    assert (run / "metrics.previous.jsonl").read_text() == dead
+
+
+def test_metrics_log_skips_a_torn_last_line(tmp_path, caplog):
+    from gpt124m.train.metrics import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 1}\n\0\0\0\0\n')
+    log = MetricsLog(path)
+    assert log.read() == [{"kind": "train", "step": 1}]
+    assert "unreadable line" in caplog.text
+    log.truncate_after(1)
+    assert path.read_text() == '{"kind": "train", "step": 1}\n'
 
 
 def test_fresh_run_refuses_to_overwrite_checkpoints(tmp_path, fixed_batches):

@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpt124m.model import IGNORE_INDEX
 from gpt124m.sft.config import ALPACA_HUB_ID
 from gpt124m.sft.template import format_prompt
 from gpt124m.tokenizer import EOT_ID, Tokenizer, get_tokenizer
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 PAD_ID = EOT_ID
 STATE_VERSION = 1
 MAX_LOCATIONS = 10  # per reason, in the malformed-rows report

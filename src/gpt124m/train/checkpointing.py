@@ -17,6 +17,7 @@ import logging
 import random
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from gpt124m.atomic import atomic_write_text
+from gpt124m.atomic import atomic_write_text, fsync_dir, fsync_file
 from gpt124m.checkpoint import TIED_KEYS, WEIGHTS_NAME, load_safetensors, save_pretrained
 from gpt124m.model import GPT
 from gpt124m.train import distributed
@@ -46,7 +47,8 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # This process's device only: a resume may see a different set of GPUs.
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
         "python": json.dumps(random.getstate()),
         "numpy": json.dumps([np_state[0], np_state[1].tolist(), *np_state[2:]]),
     }
@@ -55,7 +57,7 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"][0])
     version, internal, gauss = json.loads(state["python"])
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = json.loads(state["numpy"])
@@ -118,6 +120,8 @@ def save(
         _save_weights(model, tmp, metadata)
         torch.save({"optimizer": optimizer_state, "scaler": scaler_state}, tmp / OPTIMIZER_NAME)
         files = sorted(p.name for p in tmp.iterdir())
+        for name in files:
+            fsync_file(tmp / name)
         state = {
             "step": step,
             "tokens_seen": tokens_seen,
@@ -127,7 +131,9 @@ def save(
         atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
+        fsync_dir(tmp)
         tmp.rename(final)
+        fsync_dir(ckpt_root)  # the new checkpoint is durable before any old one is deleted
         for old in list_checkpoints(ckpt_root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()
@@ -175,6 +181,30 @@ def verify(path: Path) -> dict[str, Any]:
         if _sha256(file) != expected:
             raise CorruptCheckpoint(f"{file}: sha256 mismatch (truncated or modified)")
     return state
+
+
+def checkpoint_step(path: Path) -> int:
+    m = _STEP_DIR.match(path.name)
+    if m is None:
+        raise ValueError(f"{path}: not a checkpoint directory name (step_NNNNNNN)")
+    return int(m.group(1))
+
+
+def set_aside_newer(ckpt_root: Path, step: int) -> list[Path]:
+    """Rename the checkpoints past `step` out of the run's way; nothing is deleted.
+
+    They belong to a timeline the run has left (a rollback to an older checkpoint) or were
+    skipped as corrupt. Left in place, keep-last-K pruning would delete the new checkpoints
+    before them and `--resume auto` would jump back to them.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for path in list_checkpoints(ckpt_root):
+        if checkpoint_step(path) > step:
+            target = path.with_name(f"{path.name}.set-aside-{stamp}")
+            path.rename(target)
+            moved.append(target)
+    return moved
 
 
 def find_resumable(ckpt_root: Path) -> Path | None:

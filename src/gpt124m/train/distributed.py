@@ -38,7 +38,8 @@ def init(device_name: str = "auto") -> Dist:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        # A launcher that gives each process one GPU (SLURM --gpus-per-task=1) shows it as cuda:0.
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -66,6 +67,13 @@ def wrap(model: nn.Module, info: Dist, parallel: str) -> nn.Module:
 
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
 
 
 def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:

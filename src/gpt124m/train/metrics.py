@@ -15,13 +15,18 @@ from gpt124m.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-# Dense peak FLOP/s per device: (bf16/fp16 tensor cores, tf32 tensor cores).
+# Dense peak FLOP/s per device: (bf16/fp16 tensor cores, tf32 tensor cores). Matched against
+# torch.cuda.get_device_name by the longest key it contains ("L40S" before "L40" before "L4").
 GPU_PEAK_FLOPS = {
+    "B200": (2250e12, 1100e12),
     "H200": (989e12, 494e12),
     "H100": (989e12, 494e12),
+    "H100 PCIe": (756e12, 378e12),
     "A100": (312e12, 156e12),
     "A10G": (125e12, 62.5e12),
+    "A10": (125e12, 62.5e12),
     "L40S": (362e12, 183e12),
+    "L40": (181e12, 90.5e12),
     "L4": (121e12, 60e12),
     "RTX 4090": (165e12, 82.6e12),
     "RTX 3090": (71e12, 35.6e12),
@@ -29,7 +34,22 @@ GPU_PEAK_FLOPS = {
     "T4": (65e12, 8.1e12),
 }
 # Typical board power in watts, for the energy estimate when --power-watts is not given.
-DEVICE_POWER_W = {"H200": 700, "H100": 700, "A100": 400, "RTX 4090": 450, "A10G": 300, "L4": 72}
+DEVICE_POWER_W = {
+    "B200": 1000,
+    "H200": 700,
+    "H100": 700,
+    "H100 PCIe": 350,
+    "A100": 400,
+    "A10G": 300,
+    "A10": 150,
+    "L40S": 350,
+    "L40": 300,
+    "L4": 72,
+    "RTX 4090": 450,
+    "RTX 3090": 350,
+    "V100": 300,
+    "T4": 70,
+}
 CPU_POWER_W = 65.0
 DEFAULT_GPU_POWER_W = 300.0
 
@@ -58,11 +78,10 @@ def measured_cpu_peak(dtype: torch.dtype, repeats: int = 10) -> float:
 
 
 def _gpu_entry(table: dict, device: torch.device):
+    """The entry of the longest key within the device's name, or None."""
     name = torch.cuda.get_device_name(device)
-    for key, value in table.items():
-        if key in name:
-            return value
-    return None
+    matches = [key for key in table if key in name]
+    return table[max(matches, key=len)] if matches else None
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, override: float | None = None) -> float:
@@ -115,6 +134,12 @@ class MetricsLog:
         with atomic_path(self.path) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
+    def start_afresh(self) -> None:
+        """A fresh run keeps no events of an earlier one (killed before its first checkpoint);
+        the old log stays beside it as `*.previous.jsonl`."""
+        if self.enabled and self.path.exists():
+            self.path.replace(self.path.with_suffix(".previous.jsonl"))
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -129,9 +154,18 @@ class MetricsLog:
             tracker.close()
 
     def read(self) -> list[dict[str, Any]]:
+        """Every event; a line torn by a crash mid-write is skipped with a warning."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                log.warning("%s:%d: skipping an unreadable line (torn write?)", self.path, number)
+        return records
 
 
 def plot_curves(records: list[dict[str, Any]], out_path: Path, title: str = "") -> Path | None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from gpt124m.checkpoint import WEIGHTS_NAME, build_model, save_pretrained
-from gpt124m.model import GPT
+from gpt124m.model import GPT, IGNORE_INDEX
 from gpt124m.train import checkpointing, distributed
 from gpt124m.train.config import TrainConfig
 from gpt124m.train.loggers import build_trackers
@@ -74,7 +74,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        native = torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere and later
+        return torch.bfloat16 if native else torch.float32
     if device.type == "cpu":
         capability = torch.backends.cpu.get_cpu_capability()
         native = capability in ("AVX512", "AMX") and _cpu_has_bf16()
@@ -124,6 +125,9 @@ class _Run:
             prepare_hellaswag(rank=info.rank)
         resume_from = self._resume_path()
         state = checkpointing.load(resume_from, info) if resume_from else None
+        if info.is_main:
+            self._clear_the_way(state)
+        distributed.barrier()
         if state is not None:
             checkpointing.load_weights(self.raw, state.path)
         if self.device.type == "cuda":
@@ -158,6 +162,20 @@ class _Run:
             )
         self.flops_per_token = self._flops_per_token()
         self.peak = peak_flops(self.device, self.amp_dtype, cfg.peak_flops)
+
+    def _clear_the_way(self, state: checkpointing.TrainingState | None) -> None:
+        """Main rank: move what a previous timeline left behind out of this run's way."""
+        step = state.step if state is not None else 0
+        moved = checkpointing.set_aside_newer(self.ckpt_root, step)
+        if moved:
+            log.warning(
+                "resuming at step %d: set aside %d newer checkpoint(s) as %s (kept, not deleted)",
+                step,
+                len(moved),
+                ", ".join(p.name for p in moved),
+            )
+        if state is None:
+            self.metrics.start_afresh()
 
     def _compiled(self, model: nn.Module) -> nn.Module:
         """Only the training step is compiled: eval and sampling see other shapes and modes."""
@@ -200,8 +218,18 @@ class _Run:
                 )
             return None
         if cfg.resume == "auto":
-            found = checkpointing.find_resumable(self.ckpt_root) if self.info.is_main else None
-            found = distributed.broadcast_object(str(found) if found else None)
+            found, error = None, None
+            if self.info.is_main:
+                found = checkpointing.find_resumable(self.ckpt_root)
+                if found is None and existing:
+                    error = (
+                        f"--resume auto: none of the {len(existing)} checkpoints in "
+                        f"{self.ckpt_root} verifies (see the warnings above); move them away to "
+                        "start afresh, or resume from one explicitly"
+                    )
+            found, error = distributed.broadcast_object((str(found) if found else None, error))
+            if error:
+                raise ValueError(error)
             if found is None:
                 log.info("no checkpoint in %s: starting fresh", self.ckpt_root)
             return Path(found) if found else None
@@ -231,13 +259,17 @@ class _Run:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(self.accum):
-            x, y = self.data.next_batch()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        batches = [self.data.next_batch() for _ in range(self.accum)]
+        batches = [
+            (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+            for x, y in batches
+        ]
+        weights = self._micro_batch_weights([y for _, y in batches])
+        for micro, (x, y) in enumerate(batches):
             sync = micro == self.accum - 1
             with self._no_sync(sync), autocast_context(self.device, self.amp_dtype):
                 _, loss = self.step_model(x, y)
-                loss = loss / self.accum
+                loss = loss * weights[micro]
             loss_sum += loss.detach()
             self.scaler.scale(loss).backward()
         loss_value = distributed.mean_across_ranks(loss_sum).item()
@@ -259,6 +291,15 @@ class _Run:
         self.step += 1
         self.tokens_seen += cfg.total_batch_tokens
         return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+
+    def _micro_batch_weights(self, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Weights that turn per-micro-batch mean losses into the mean over every target token of
+        the step, on all ranks. Without them a micro-batch with few unmasked targets (a short SFT
+        answer) would count as much as a full one. Equal to 1/accum when nothing is masked."""
+        counts = torch.stack([(y != IGNORE_INDEX).sum() for y in targets]).float()
+        total = distributed.sum_across_ranks(counts.sum()).clamp(min=1)
+        # DDP and FSDP average gradients over ranks, hence the world size.
+        return counts * self.info.world_size / total
 
     def _no_sync(self, sync: bool):
         if sync or not hasattr(self.model, "no_sync"):
