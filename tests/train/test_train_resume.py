@@ -109,14 +109,15 @@ def run_and_kill_after_step(argv, nproc, step):
     assert any(line.startswith(f"step {step + 1:>6}/") for line in seen), "".join(seen)
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sigkill_then_resume_is_bit_exact(tmp_path, data_dir, nproc):
+@pytest.mark.parametrize("nproc, parallel", [(1, "ddp"), (2, "ddp"), (2, "fsdp")])
+def test_sigkill_then_resume_is_bit_exact(tmp_path, data_dir, nproc, parallel):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    run_to_end(train_argv(data_dir, straight), nproc)
-    run_and_kill_after_step(train_argv(data_dir, interrupted), nproc, step=N)
+    extra = ("--parallel", parallel)
+    run_to_end(train_argv(data_dir, straight, *extra), nproc)
+    run_and_kill_after_step(train_argv(data_dir, interrupted, *extra), nproc, step=N)
     killed_at = losses(interrupted)
     assert N + 1 <= max(s for s, _ in killed_at) < 2 * N  # it died part-way through
-    run_to_end(train_argv(data_dir, interrupted, "--resume", "auto"), nproc)
+    run_to_end(train_argv(data_dir, interrupted, "--resume", "auto", *extra), nproc)
     expected = losses(straight)
     assert len(expected) == 2 * N
     assert losses(interrupted) == expected  # float equality: bit for bit

@@ -57,11 +57,14 @@ def wrap(model: nn.Module, info: Dist, parallel: str) -> nn.Module:
     if not info.enabled:
         return model
     if parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # The mesh follows our device, not "CUDA if present": --device cpu on a GPU host stays on CPU.
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
         for block in model.transformer.h:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
