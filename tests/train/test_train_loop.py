@@ -8,28 +8,16 @@ from gpt124m.checkpoint import load_model
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
 from gpt124m.train import checkpointing
-from gpt124m.train.config import TrainConfig
 from gpt124m.train.trainer import TrainingDiverged, fit
+
+from ..conftest import tiny_run_config
 
 
 def tiny_cfg(tmp_path, **kw):
-    base = dict(
-        out_dir=str(tmp_path / "run"),
-        seq_len=32,
-        micro_batch_size=4,
-        total_batch_tokens=128,
-        max_steps=40,
-        max_lr=1e-2,
-        min_lr=1e-3,
-        warmup_steps=5,
-        precision="fp32",
-        eval_every=0,
-        sample_every=0,
-        checkpoint_every=0,
-        log_every=1,
+    """The shared tiny run, longer and with a higher LR so that the loop tests see learning."""
+    return tiny_run_config(
+        tmp_path, **{"max_steps": 40, "max_lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 5, **kw}
     )
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def train_losses(run_dir):
