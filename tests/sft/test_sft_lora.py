@@ -11,7 +11,6 @@ from gpt124m.config import get_preset
 from gpt124m.model import GPT
 from gpt124m.sft import lora
 from gpt124m.sft.data import Example, SFTBatches, encode_examples
-from gpt124m.train.config import TrainConfig
 from gpt124m.train.trainer import fit
 
 peft = pytest.importorskip("peft")
@@ -42,24 +41,18 @@ def test_trainable_count_is_r_times_in_plus_out_over_the_targets():
         lora.target_modules(tiny_gpt(), "q_proj")
 
 
-def test_after_training_steps_only_adapter_weights_changed(tmp_path):
+def test_after_training_steps_only_adapter_weights_changed(tmp_path, run_config):
     model = lora.apply_lora(tiny_gpt(), r=4, alpha=8, dropout=0.0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     encoded = encode_examples([Example(f"Say {i}.", "", f"{i} {i}") for i in range(8)])
     batches = SFTBatches(encoded, batch_size=4, seq_len=max(len(e) for e in encoded), seed=0)
-    cfg = TrainConfig(
-        out_dir=str(tmp_path / "run"),
+    cfg = run_config(
+        tmp_path,
         seq_len=batches.seq_len,
-        micro_batch_size=4,
         total_batch_tokens=4 * batches.seq_len,
         max_steps=2,
         max_lr=1e-2,
         warmup_steps=0,
-        weight_decay=0.1,
-        precision="fp32",
-        eval_every=0,
-        sample_every=0,
-        checkpoint_every=0,
         peak_flops=1e12,
     )
     fit(cfg, model, batches)

@@ -72,12 +72,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoint dirs, oldest first (temp dirs of interrupted writes are ignored)."""
+def _checkpoints_by_step(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of the complete checkpoints, oldest first; temp dirs are ignored."""
     if not ckpt_root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return sorted(
+        (int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := _STEP_DIR.match(p.name))
+    )
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoint dirs, oldest first (temp dirs of interrupted writes are ignored)."""
+    return [p for _, p in _checkpoints_by_step(ckpt_root)]
 
 
 @dataclass
@@ -128,10 +134,9 @@ def save(
             "world_size": info.world_size,
             "sha256": {name: _sha256(tmp / name) for name in files},
         }
-        atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=2) + "\n")
+        atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=2) + "\n")  # fsyncs `tmp`
         if final.exists():
             shutil.rmtree(final)
-        fsync_dir(tmp)
         tmp.rename(final)
         fsync_dir(ckpt_root)  # the new checkpoint is durable before any old one is deleted
         for old in list_checkpoints(ckpt_root)[:-keep]:
@@ -183,13 +188,6 @@ def verify(path: Path) -> dict[str, Any]:
     return state
 
 
-def checkpoint_step(path: Path) -> int:
-    m = _STEP_DIR.match(path.name)
-    if m is None:
-        raise ValueError(f"{path}: not a checkpoint directory name (step_NNNNNNN)")
-    return int(m.group(1))
-
-
 def set_aside_newer(ckpt_root: Path, step: int) -> list[Path]:
     """Rename the checkpoints past `step` out of the run's way; nothing is deleted.
 
@@ -199,8 +197,8 @@ def set_aside_newer(ckpt_root: Path, step: int) -> list[Path]:
     """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
-    for path in list_checkpoints(ckpt_root):
-        if checkpoint_step(path) > step:
+    for path_step, path in _checkpoints_by_step(ckpt_root):
+        if path_step > step:
             target = path.with_name(f"{path.name}.set-aside-{stamp}")
             path.rename(target)
             moved.append(target)

@@ -72,13 +72,6 @@ def wrap(model: nn.Module, info: Dist, parallel: str) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
-
-
 def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         value = value.clone()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gpt124m.checkpoint import WEIGHTS_NAME, build_model, save_pretrained
+from gpt124m.eval._runtime import all_reduce_sum
 from gpt124m.model import GPT, IGNORE_INDEX
 from gpt124m.train import checkpointing, distributed
 from gpt124m.train.config import TrainConfig
@@ -297,7 +298,7 @@ class _Run:
         the step, on all ranks. Without them a micro-batch with few unmasked targets (a short SFT
         answer) would count as much as a full one. Equal to 1/accum when nothing is masked."""
         counts = torch.stack([(y != IGNORE_INDEX).sum() for y in targets]).float()
-        total = distributed.sum_across_ranks(counts.sum()).clamp(min=1)
+        total = all_reduce_sum(counts.sum()).clamp(min=1)
         # DDP and FSDP average gradients over ranks, hence the world size.
         return counts * self.info.world_size / total
 
