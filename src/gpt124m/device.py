@@ -1,10 +1,14 @@
-"""Pick the device and dtype a command runs on, with errors that name the bad value."""
+"""Pick the device and dtype a command runs on, with errors that name the bad value; and the few
+CUDA settings and copies that make training fast there without changing CPU behaviour."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TF32_ENV = "GPT124M_TF32"  # "0" keeps fp32 matmuls in full fp32 on CUDA (exact CPU comparisons)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -28,3 +32,35 @@ def resolve_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"dtype {name!r}: choose one of {', '.join(DTYPES)}") from None
+
+
+def use_tf32(device: torch.device) -> bool:
+    """On CUDA, let fp32 matmuls and convolutions run on TF32 tensor cores (about 8x the fp32
+    rate on Ampere and later, ~1e-3 relative error) unless GPT124M_TF32=0. Returns whether TF32
+    is on. Other devices are left alone.
+
+    Only the long-standing `allow_tf32` switches are used: torch refuses to mix them with its
+    newer `fp32_precision` settings, and these two are the ones every torch from 2.4 reads.
+    """
+    if device.type != "cuda":
+        return False
+    enabled = os.environ.get(TF32_ENV, "1") != "0"
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    return enabled
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU batch to `device`; to CUDA through pinned memory, so the copy is asynchronous
+    and the host goes on queueing work instead of waiting for it."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A device allocation failure (CUDA's OutOfMemoryError, or MPS's RuntimeError saying so)."""
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(error, oom) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )

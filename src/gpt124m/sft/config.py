@@ -16,7 +16,13 @@ from typing import Any, ClassVar
 
 from gpt124m.sft.template import TEMPLATES
 from gpt124m.train import config as train_config
-from gpt124m.train.config import TrainConfig, add_config_arguments, config_from_args, load_recipe
+from gpt124m.train.config import (
+    AUTO,
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    load_recipe,
+)
 
 METHODS = ("full", "lora")
 PAD_TO = ("block", "longest")
@@ -62,7 +68,7 @@ class SFTConfig(TrainConfig):
     data_dir: str = ""
     out_dir: str = "runs/sft"
     seq_len: int | None = None
-    micro_batch_size: int | None = None
+    micro_batch_size: int | str | None = None
     max_steps: int | None = None
     warmup_steps: int | None = None
     max_lr: float | None = None
@@ -97,7 +103,9 @@ class SFTConfig(TrainConfig):
         "merge": "LoRA: also write a merged, standalone model",
         "out_dir": "where metrics, checkpoints and the tuned model go",
         "seq_len": "block size; longer examples are dropped (default: the model's)",
-        "micro_batch_size": "examples per rank and forward pass (default: the whole batch)",
+        "micro_batch_size": "examples per rank and forward pass (default: the whole batch), or "
+        "auto: the largest that divides the batch and fits in CUDA memory (on CPU/MPS: of at "
+        "most 8,192 tokens); the batch per step stays --batch-size either way",
         "max_steps": "optimizer steps (default: epochs x training examples / batch size)",
         "warmup_steps": "steps of linear warmup (default: from --warmup-fraction)",
         "max_lr": "peak learning rate (default: 5e-5 full, 3e-4 LoRA)",
@@ -140,7 +148,9 @@ class SFTConfig(TrainConfig):
         # The pretraining checks, with placeholders for what is resolved later.
         placeholders = {
             "seq_len": 1 if self.seq_len is None else self.seq_len,
-            "micro_batch_size": 1 if self.micro_batch_size is None else self.micro_batch_size,
+            "micro_batch_size": 1
+            if self.micro_batch_size in (None, AUTO)
+            else self.micro_batch_size,
             "max_steps": 1 if self.max_steps is None else self.max_steps,
             "warmup_steps": 0 if self.warmup_steps is None else self.warmup_steps,
         }

@@ -23,8 +23,9 @@ from gpt124m.model import GPT
 from gpt124m.sft import data as sft_data
 from gpt124m.sft.config import SFTConfig
 from gpt124m.sft.template import format_prompt
-from gpt124m.train import checkpointing, distributed
-from gpt124m.train.trainer import Hooks, fit, hellaswag_hook
+from gpt124m.train import autobatch, checkpointing, distributed
+from gpt124m.train.config import AUTO
+from gpt124m.train.trainer import Hooks, fit, hellaswag_hook, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,12 @@ def load_base(source: str, *, dropout: float = 0.0, seed: int = 0) -> GPT:
 def resolve(cfg: SFTConfig, n_train: int, seq_len: int, world_size: int) -> SFTConfig:
     """The concrete TrainConfig values for `fit`: padded length, batch in tokens, steps, warmup."""
     micro = cfg.micro_batch_size or cfg.batch_size // world_size
-    if micro < 1 or cfg.batch_size % (micro * world_size):
+    if micro == AUTO:  # chosen by trial once the model is final (autobatch, in sft())
+        if cfg.batch_size % world_size:
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} is not divisible by the world size {world_size}"
+            )
+    elif micro < 1 or cfg.batch_size % (micro * world_size):
         raise ValueError(
             f"--batch-size {cfg.batch_size} is not divisible by micro-batch x world size = "
             f"{micro} x {world_size}"
@@ -153,6 +159,8 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
                 targets=cfg.lora_targets,
                 base_name=cfg.base,
             )
+        amp = resolve_precision(run_cfg.precision, info.device)
+        run_cfg = autobatch.resolve(run_cfg, model, info, None if amp == torch.float32 else amp)
         batches = sft_data.SFTBatches(
             data.train,
             batch_size=run_cfg.micro_batch_size,

@@ -20,6 +20,7 @@ import yaml
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "wsd", "constant")
 PARALLEL = ("ddp", "fsdp")
+AUTO = "auto"
 
 
 @dataclass
@@ -31,7 +32,7 @@ class TrainConfig:
     data_dir: str = "data/builtin"
     out_dir: str = "runs/train"
     seq_len: int = 256
-    micro_batch_size: int = 8
+    micro_batch_size: int | str = 8
     total_batch_tokens: int = 8 * 256
     max_steps: int = 100
     seed: int = 1337
@@ -83,7 +84,10 @@ class TrainConfig:
         "data_dir": "folder of token shards written by `gpt124m prepare`",
         "out_dir": "where metrics, curves, checkpoints and the final model go",
         "seq_len": "tokens per sequence (T)",
-        "micro_batch_size": "sequences per rank and forward pass (B)",
+        "micro_batch_size": "sequences per rank and forward pass (B), or auto: the largest that "
+        "divides the step's sequences and trains without running out of CUDA memory (found by "
+        "trial steps; on CPU/MPS the largest of at most 8,192 tokens). Tokens per step stay "
+        "--total-batch-tokens either way",
         "total_batch_tokens": "tokens per optimizer step over all ranks and micro-steps; "
         "gradient accumulation = this / (B x T x world size)",
         "max_steps": "optimizer steps in the run",
@@ -129,9 +133,17 @@ class TrainConfig:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
 
-        for name in ("seq_len", "micro_batch_size", "total_batch_tokens", "max_steps"):
+        for name in ("seq_len", "total_batch_tokens", "max_steps"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")
+        if self.micro_batch_size == AUTO:
+            if self.total_batch_tokens % self.seq_len:
+                raise bad(
+                    "total_batch_tokens",
+                    f"must be a multiple of --seq-len {self.seq_len} for --micro-batch-size auto",
+                )
+        elif not isinstance(self.micro_batch_size, int) or self.micro_batch_size <= 0:
+            raise bad("micro_batch_size", f"must be a positive integer or {AUTO}")
         for name in ("warmup_steps", "log_every", "eval_every", "sample_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
@@ -151,6 +163,11 @@ class TrainConfig:
             raise bad("grad_clip", "must be positive (inf never clips)")
 
     def grad_accum_steps(self, world_size: int) -> int:
+        if self.micro_batch_size == AUTO:
+            raise ValueError(
+                "--micro-batch-size auto must be resolved (gpt124m.train.autobatch) before the "
+                "batches are built"
+            )
         per_micro = self.micro_batch_size * self.seq_len * world_size
         if self.total_batch_tokens % per_micro:
             raise ValueError(
@@ -207,11 +224,21 @@ def load_recipe(
     return data
 
 
+def _int_or_word(text: str) -> int | str:
+    """A flag that takes a number or a word (`--micro-batch-size auto`); validate() checks it."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _flag_type(tp: Any):
     """The argparse `type` for a dataclass field annotation (Optional unwrapped)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if {int, str} <= set(args):
+            return _int_or_word
         return _flag_type(args[0])
     return tp
 

@@ -19,6 +19,7 @@ class Dist:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    launched: bool = False  # started by torchrun: a process group runs, even for one process
 
     @property
     def is_main(self) -> bool:
@@ -26,13 +27,17 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
 
 def init(device_name: str = "auto") -> Dist:
-    """Read torchrun's environment; start NCCL on CUDA, gloo elsewhere. One process: no-op."""
+    """Read torchrun's environment; start NCCL on CUDA, gloo elsewhere. A plain process: no-op.
+
+    `torchrun --nproc_per_node 1` does start a process group and DDP/FSDP: what one process
+    under torchrun runs is then what each of N would."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    launched = "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
+    if world_size <= 1 and not launched:
         return Dist(device=resolve_device(device_name))
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -44,7 +49,9 @@ def init(device_name: str = "auto") -> Dist:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
-    return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    return Dist(
+        rank=rank, local_rank=local_rank, world_size=world_size, device=device, launched=True
+    )
 
 
 def shutdown() -> None:
@@ -79,6 +86,10 @@ def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
         if not value.is_cuda:
             value /= dist.get_world_size()
     return value
+
+
+def backend() -> str | None:
+    return dist.get_backend() if dist.is_initialized() else None
 
 
 def barrier() -> None:

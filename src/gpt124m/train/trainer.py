@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from gpt124m.checkpoint import WEIGHTS_NAME, build_model, save_pretrained
+from gpt124m.device import to_device, use_tf32
 from gpt124m.eval._runtime import all_reduce_sum
 from gpt124m.model import GPT, IGNORE_INDEX
-from gpt124m.train import checkpointing, distributed
+from gpt124m.train import autobatch, checkpointing, distributed
 from gpt124m.train.config import TrainConfig
 from gpt124m.train.loggers import build_trackers
 from gpt124m.train.metrics import (
@@ -113,6 +114,7 @@ class _Run:
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=info.is_main)
         self.step = 0
         self.tokens_seen = 0
+        self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
         self.last_val: float | None = None
         self.last_hellaswag: dict | None = None
 
@@ -131,9 +133,7 @@ class _Run:
         distributed.barrier()
         if state is not None:
             checkpointing.load_weights(self.raw, state.path)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        use_tf32(self.device)
         self.model = distributed.wrap(self.raw, info, cfg.parallel)
         self.step_model = self._compiled(self.model) if cfg.compile else self.model
         self.optimizer = build_adamw(
@@ -244,7 +244,7 @@ class _Run:
         return config.flops_per_token(self.cfg.seq_len) if config is not None else float("nan")
 
     # -- one optimizer step --------------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> None:
         cfg = self.cfg
         lr = lr_at(
             self.step,
@@ -261,10 +261,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
         batches = [self.data.next_batch() for _ in range(self.accum)]
-        batches = [
-            (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
-            for x, y in batches
-        ]
+        batches = [(to_device(x, self.device), to_device(y, self.device)) for x, y in batches]
         weights = self._micro_batch_weights([y for _, y in batches])
         for micro, (x, y) in enumerate(batches):
             sync = micro == self.accum - 1
@@ -273,25 +270,38 @@ class _Run:
                 loss = loss * weights[micro]
             loss_sum += loss.detach()
             self.scaler.scale(loss).backward()
-        loss_value = distributed.mean_across_ranks(loss_sum).item()
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"non-finite loss ({loss_value}) at step {self.step + 1}; stopping. "
-                f"The last good checkpoint in {self.ckpt_root} is intact: lower --max-lr or "
-                "check the data, then --resume auto"
-            )
+        loss = distributed.mean_across_ranks(loss_sum)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm)
-        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
-            raise TrainingDiverged(f"non-finite gradient norm at step {self.step + 1}; stopping")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
         self.tokens_seen += cfg.total_batch_tokens
-        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+        # Device tensors: reading them waits for the GPU, so that happens only in _settle().
+        self.pending.append((self.step, lr, loss.detach(), grad_norm.detach()))
+
+    def _settle(self) -> dict[str, float]:
+        """Wait for the device, read the steps run since the last call and check them; returns
+        the last step's loss, lr and gradient norm. The only per-step host sync, so it runs only
+        when a step is logged, before periodic work, and every STATS_EVERY steps.
+
+        A non-finite step stops the run before anything is evaluated or saved, so the newest
+        checkpoint on disk is still a good one."""
+        steps = self.pending
+        self.pending = []
+        values = torch.stack([torch.stack([v, n.float()]) for _, _, v, n in steps]).tolist()
+        for (step, _, _, _), (loss, norm) in zip(steps, values, strict=True):
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"non-finite loss ({loss}) at step {step}; stopping. "
+                    f"The last good checkpoint in {self.ckpt_root} is intact: lower --max-lr or "
+                    "check the data, then --resume auto"
+                )
+            if not math.isfinite(norm) and not self.scaler.is_enabled():
+                raise TrainingDiverged(f"non-finite gradient norm at step {step}; stopping")
+        return {"loss": values[-1][0], "lr": steps[-1][1], "grad_norm": values[-1][1]}
 
     def _micro_batch_weights(self, targets: list[torch.Tensor]) -> torch.Tensor:
         """Weights that turn per-micro-batch mean losses into the mean over every target token of
@@ -424,10 +434,12 @@ class _Run:
                 config=cfg.to_dict(),
             )
             log.info(
-                "training %s on %d x %s | %s | accum %d x micro %d x T %d x world %d = %s tokens/step",
+                "training %s on %d x %s%s | %s | accum %d x micro %d x T %d x world %d = %s "
+                "tokens/step",
                 type(self.raw).__name__,
                 info.world_size,
                 self.device,
+                f" ({cfg.parallel}, {distributed.backend()})" if info.enabled else "",
                 str(self.amp_dtype).removeprefix("torch."),
                 self.accum,
                 cfg.micro_batch_size,
@@ -439,22 +451,27 @@ class _Run:
             self.evaluate()
         start = time.perf_counter()
         first_step = self.step
+        clock = _StepClock(self.device)
         while self.step < cfg.max_steps:
-            t0 = time.perf_counter()
-            stats = self.train_step()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
-                self._log_step(stats, dt, start, first_step)
-            if self._due(cfg.eval_every):
-                self.evaluate()
-            if self._due(cfg.hellaswag_every):
-                self.run_hellaswag()
-            if self._due(cfg.sample_every):
-                self.sample()
-            if self._due(cfg.checkpoint_every) or self.step == cfg.max_steps:
-                self.checkpoint()
+            self.train_step()
+            clock.count_step()
+            last = self.step == cfg.max_steps
+            logging_due = cfg.log_every and (self.step % cfg.log_every == 0 or last)
+            work = [
+                (self._due(cfg.eval_every), self.evaluate),
+                (self._due(cfg.hellaswag_every), self.run_hellaswag),
+                (self._due(cfg.sample_every), self.sample),
+                (self._due(cfg.checkpoint_every) or last, self.checkpoint),
+            ]
+            work = [job for due, job in work if due]
+            if logging_due or work or len(self.pending) >= STATS_EVERY:
+                stats = self._settle()
+                clock.pause()
+                if logging_due:
+                    self._log_step(stats, clock.take_step_time(), start, first_step)
+                for job in work:
+                    job()
+                clock.resume()
         return self.finish(time.perf_counter() - start)
 
     def _log_step(self, stats, dt, start, first_step) -> None:
@@ -501,6 +518,37 @@ class _Run:
         return summary
 
 
+STATS_EVERY = 50  # settle (sync and check) at least this often when nothing is logged
+
+
+class _StepClock:
+    """Mean seconds per training step since the last report, without a sync per step: the
+    clock runs while steps are queued and stops (after waiting for the device) for logging and
+    periodic work, so evaluation and checkpoints never count as step time."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.busy, self.steps = 0.0, 0
+        self.mark: float | None = time.perf_counter()
+
+    def count_step(self) -> None:
+        self.steps += 1
+
+    def pause(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.busy += time.perf_counter() - self.mark
+        self.mark = None
+
+    def resume(self) -> None:
+        self.mark = time.perf_counter()
+
+    def take_step_time(self) -> float:
+        dt = self.busy / max(self.steps, 1)
+        self.busy, self.steps = 0.0, 0
+        return dt
+
+
 def fit(
     cfg: TrainConfig,
     model: nn.Module,
@@ -544,6 +592,8 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
             raise ValueError(
                 f"--seq-len {cfg.seq_len} exceeds the model's block size {model.config.block_size}"
             )
+        amp = resolve_precision(cfg.precision, info.device)
+        cfg = autobatch.resolve(cfg, model, info, None if amp == torch.float32 else amp)
         loader = TokenLoader(
             cfg.data_dir,
             batch_size=cfg.micro_batch_size,
