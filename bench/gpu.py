@@ -1,0 +1,192 @@
+"""The GPU checks in one run: correct on CUDA, training and inference speed, a 24 GB card.
+
+    python bench/gpu.py --out results/gpu            # one CUDA GPU, ~5 minutes
+    python bench/gpu.py --smoke --out /tmp/gpu-smoke  # the same code paths on CPU, tiny model
+
+Sections (each independent: a failure or a timeout is recorded with its error and the next one
+runs; each has a time budget, and the whole run a deadline, --budget):
+
+1. correct_tiny   the `tiny` preset, 10 fp32 training steps on CUDA against the same on CPU
+2. correct_text   `gpt2`, 50 bf16 steps on the bundled corpus (prepared on the spot) with
+                  --micro-batch-size auto: the loss falls; resuming from the step-25 checkpoint
+                  continues the curve
+3. torchrun       `torchrun --nproc_per_node 1` (NCCL) under DDP and FSDP2, against one process
+4. throughput     `gpt2`, T=1024, B=32, bf16: tokens/s, MFU (datasheet and measured matmul peak)
+                  and peak memory, eager and compiled, ours and transformers' GPT2LMHeadModel,
+                  plus the trainer's own loop (`fit`, compiled)
+5. card_24gb      the process capped at a 24 GB card: the micro-batch auto picks, tokens/s there
+6. hellaswag      scoring items/s under both conventions, projected to all 10,042 items
+7. decode         greedy decode tokens/s at batch 1, 8, 64 against transformers' `generate`
+
+Results go to OUT/gpu.json and OUT/gpu.md after every figure, so a timeout keeps what was done;
+each carries the date, device, torch version and command line. Exit status 1 if any section
+failed (targets missed are reported, not failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings: _baseline, gpu_*
+
+import torch  # noqa: E402
+from gpu_common import Context, device_name  # noqa: E402
+
+SECTIONS = {  # name: (module, function, budget in seconds on the GPU)
+    "correct_tiny": ("gpu_correct", "correct_tiny", 45),
+    "correct_text": ("gpu_correct", "correct_text", 100),
+    "torchrun": ("gpu_correct", "torchrun", 90),
+    "throughput": ("gpu_speed", "throughput", 170),
+    "card_24gb": ("gpu_speed", "card_24gb", 60),
+    "hellaswag": ("gpu_infer", "hellaswag", 45),
+    "decode": ("gpu_infer", "decode", 60),
+}
+TARGETS = {
+    "train tokens/s (gpt2, T=1024, bf16, compiled)": 550_000,
+    "train speed / transformers compiled": 1.2,
+    "full HellaSwag, both conventions (s)": 120,
+}
+
+
+class SectionTimeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise SectionTimeout("section time budget spent")
+
+
+def run_section(ctx: Context, name: str, budget: float) -> None:
+    module_name, func_name, _ = SECTIONS[name]
+    record = ctx.report["sections"].setdefault(name, {})
+    left = ctx.deadline - time.monotonic()
+    if left < min(budget, 20):
+        record.update(status="skipped", error=f"out of time ({left:.0f} s left of --budget)")
+        ctx.save()
+        ctx.say(f"{name}: skipped, out of time")
+        return
+    allowed = int(min(budget, left))
+    record.update(status="running", started=_now(), budget_s=allowed, results=ctx.results_for(name))
+    ctx.save()
+    ctx.say(f"{name}: start (budget {allowed} s)")
+    start = time.monotonic()
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(allowed)
+    try:
+        module = __import__(module_name)
+        getattr(module, func_name)(ctx, record["results"])
+        record["status"] = "ok"
+    except SectionTimeout as e:
+        record.update(status="timeout", error=str(e))
+    except Exception as e:
+        record.update(
+            status="error",
+            error=f"{type(e).__name__}: {e}",
+            traceback=traceback.format_exc(limit=8).splitlines()[-12:],
+        )
+    finally:
+        signal.alarm(0)
+        record["seconds"] = round(time.monotonic() - start, 1)
+        ctx.cleanup_device()
+        ctx.save()
+    ctx.say(f"{name}: {record['status']} in {record['seconds']} s" + _tail(record))
+
+
+def _tail(record: dict) -> str:
+    return f" ({record['error']})" if record.get("error") else ""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def meta(args: argparse.Namespace, device: torch.device) -> dict:
+    try:
+        import transformers
+
+        tf_version = transformers.__version__
+    except ImportError:
+        tf_version = None
+    return {
+        "date": _now(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": tf_version,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "smoke": args.smoke,
+    }
+
+
+def summary_lines(report: dict) -> list[str]:
+    lines = []
+    for name, record in report["sections"].items():
+        lines.append(f"{name:<14} {record.get('status', '?'):<8} {record.get('seconds', '')} s")
+        for key, value in record.get("results", {}).get("headline", {}).items():
+            lines.append(f"    {key}: {value}")
+    return lines
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="folder for gpu.json and gpu.md (created)")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny preset, seconds: the CI check")
+    p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    p.add_argument("--budget", type=float, default=340, help="seconds for the whole run")
+    p.add_argument("--work", help="scratch folder for data and checkpoints (default: a temp dir)")
+    p.add_argument("--hellaswag-data", help="a local HellaSwag file (default: synthetic items)")
+    p.add_argument("--card-gib", type=float, default=24.0, help="card_24gb: the card's memory")
+    args = p.parse_args()
+
+    if args.smoke:
+        device = torch.device("cpu")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    else:
+        print("bench/gpu.py: no CUDA device here; use --smoke for the CPU check", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpt124m-gpu-"))
+    work.mkdir(parents=True, exist_ok=True)
+    report = {"meta": meta(args, device), "targets": TARGETS, "sections": {}}
+    ctx = Context(
+        device=device,
+        smoke=args.smoke,
+        out=out,
+        work=work,
+        report=report,
+        deadline=time.monotonic() + args.budget,
+        hellaswag_data=args.hellaswag_data,
+        card_gib=args.card_gib,
+    )
+    ctx.say(f"{report['meta']['device']}, torch {torch.__version__}; results in {out}")
+    ctx.save()
+    for name in args.sections:
+        run_section(ctx, name, SECTIONS[name][2] * (3 if args.smoke else 1))
+    report["meta"]["finished"] = _now()
+    ctx.save()
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(["", "summary:", *summary_lines(report)]), flush=True)
+    print(json.dumps({"json": str(out / "gpu.json"), "markdown": str(out / "gpu.md")}))
+    failed = [n for n, r in report["sections"].items() if r.get("status") != "ok"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

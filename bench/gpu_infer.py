@@ -1,0 +1,126 @@
+"""bench/gpu.py sections 6-7: HellaSwag scoring speed, and decode speed against transformers."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from _baseline import transformers_gpt2
+from gpu_common import Context, Results, add_row, sync
+
+from gpt124m.checkpoint import load_model
+from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
+from gpt124m.generate import GenerationConfig, generate
+from gpt124m.model import GPT
+
+HELLASWAG_ITEMS = 10_042  # the validation split
+
+
+def hellaswag(ctx: Context, results: Results) -> None:
+    """Items/s of `evaluate_detailed` (both conventions, bf16 autocast) at two batch sizes,
+    projected to the whole validation split. Synthetic items in HellaSwag's layout and lengths
+    unless --hellaswag-data gives real ones: speed does not depend on the words."""
+    from gpt124m.eval.hellaswag import CONVENTIONS, evaluate_detailed, load_items
+
+    n = 8 if ctx.smoke else 2000
+    if ctx.hellaswag_data:
+        items = load_items(ctx.hellaswag_data, limit=n)
+        results["items"] = f"{len(items)} from {ctx.hellaswag_data}"
+    else:
+        from eval import synthetic_items  # bench/eval.py
+
+        items = synthetic_items(n)
+        results["items"] = f"{n} synthetic (bench/eval.py)"
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny" if ctx.smoke else "gpt2")).to(ctx.device).eval()
+    kwargs = dict(device=ctx.device, autocast_dtype=ctx.amp, progress=False)
+    evaluate_detailed(model, items[:8], batch_size=8, **kwargs)  # warm-up
+    best = None
+    for batch_size in (8,) if ctx.smoke else (16, 64):
+        sync(ctx.device)
+        start = time.perf_counter()
+        evaluate_detailed(model, items, batch_size=batch_size, **kwargs)
+        sync(ctx.device)
+        seconds = time.perf_counter() - start
+        rate = len(items) / seconds  # items/s, each item scored under every convention
+        projected = HELLASWAG_ITEMS / rate
+        add_row(
+            results,
+            f"HellaSwag scoring, {len(CONVENTIONS)} conventions ({', '.join(CONVENTIONS)}), bf16",
+            {
+                "batch (items)": batch_size,
+                "items": len(items),
+                "seconds": seconds,
+                "items/s (both conventions)": rate,
+                "projected s for 10,042 items": projected,
+            },
+        )
+        if best is None or projected < best[1]:
+            best = (batch_size, projected)
+    results.headline(
+        "full HellaSwag, both conventions (projected)", f"{best[1]:.0f} s at --batch-size {best[0]}"
+    )
+
+
+def _same_weights(ctx: Context, config):
+    """transformers' GPT2LMHeadModel and ours holding the same random weights: the former
+    saved as a GPT-2 directory and loaded by gpt124m like any downloaded GPT-2."""
+    torch.manual_seed(0)
+    hf = transformers_gpt2(config, vocab_size=GPT2_VOCAB_SIZE).eval()
+    hf.generation_config.eos_token_id = None  # always produce every requested token
+    hf.generation_config.pad_token_id = GPT2_VOCAB_SIZE - 1
+    folder = ctx.work / "decode-model"
+    hf.save_pretrained(folder)
+    ours = load_model(folder, device=ctx.device, dtype=ctx.amp)
+    return hf.to(ctx.device, ctx.amp), ours
+
+
+def _time_ours(model, prompts, new):
+    start = time.perf_counter()
+    out = generate(model, prompts, GenerationConfig(max_new_tokens=new, eos_token_id=None))
+    return time.perf_counter() - start, out
+
+
+def _time_hf(model, prompts, new, device):
+    ids = torch.tensor(prompts, device=device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False
+        )
+    out = out[:, ids.size(1) :].tolist()
+    return time.perf_counter() - start, out
+
+
+def decode(ctx: Context, results: Results) -> None:
+    """Greedy decoding, prompt 64 random tokens, 128 new, bf16 weights, best of 2 after a
+    warm-up, new tokens/s (prefill included), ours against transformers' `generate`."""
+    config = get_preset("tiny" if ctx.smoke else "gpt2")
+    prompt_len, new = (8, 4) if ctx.smoke else (64, 128)
+    hf, ours = _same_weights(ctx, config)
+    g = torch.Generator().manual_seed(0)
+    headline = []
+    for batch in (1, 8, 64):
+        prompts = torch.randint(0, GPT2_VOCAB_SIZE, (batch, prompt_len), generator=g).tolist()
+        _time_ours(ours, prompts, 4)
+        _time_hf(hf, prompts, 4, ctx.device)
+        best_ours = best_hf = float("inf")
+        for _ in range(1 if ctx.smoke else 2):
+            t, ours_out = _time_ours(ours, prompts, new)
+            best_ours = min(best_ours, t)
+            t, hf_out = _time_hf(hf, prompts, new, ctx.device)
+            best_hf = min(best_hf, t)
+        same = sum(a == b for a, b in zip(ours_out, hf_out, strict=True))
+        add_row(
+            results,
+            f"greedy decode, prompt {prompt_len}, {new} new tokens, bf16",
+            {
+                "batch": batch,
+                "gpt124m tok/s": batch * new / best_ours,
+                "transformers tok/s": batch * new / best_hf,
+                "ratio": best_hf / best_ours,
+                "rows with identical tokens": f"{same}/{batch}",
+            },
+        )
+        headline.append(f"b{batch} {best_hf / best_ours:.2f}x")
+    results.headline("decode gpt124m / transformers", ", ".join(headline))

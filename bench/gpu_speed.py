@@ -1,0 +1,245 @@
+"""bench/gpu.py sections 4-5: training throughput against transformers, and a 24 GB card."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from _baseline import transformers_gpt2
+from gpu_common import Context, RandomBatches, Results, add_row, sync, time_steps, train_records
+
+from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
+from gpt124m.model import GPT
+from gpt124m.train import autobatch, distributed
+from gpt124m.train.config import TrainConfig
+from gpt124m.train.metrics import peak_flops
+from gpt124m.train.optim import build_adamw
+from gpt124m.train.trainer import autocast_context, fit
+
+BATCH_TOKENS_OF_THE_SEED = 589_824  # gpt124m-fineweb-edu: 576 sequences of 1024 per step
+
+
+def shapes(ctx: Context) -> dict:
+    if ctx.smoke:
+        return dict(preset="tiny", seq=32, batch=2, warmup=1, windows=2, per_window=1)
+    return dict(preset="gpt2", seq=1024, batch=32, warmup=3, windows=5, per_window=4)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """The best FLOP/s of a large square matmul here: MFU's honest denominator."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(12):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / 5)
+    return 2 * n**3 / best
+
+
+def training_step(model, forward, device, dtype):
+    """A full step (forward, backward, clip, AdamW as the trainer builds it), no host sync."""
+    opt = build_adamw(model, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), device_type=device.type)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast_context(device, dtype):
+            loss = forward()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return step
+
+
+def _compile(model, ctx: Context):
+    # In the smoke run Dynamo traces but Inductor generates no code: seconds, not minutes.
+    return torch.compile(model, backend="eager") if ctx.smoke else torch.compile(model)
+
+
+def throughput(ctx: Context, results: Results) -> None:
+    s = shapes(ctx)
+    device, dtype = ctx.device, ctx.amp
+    config = get_preset(s["preset"])
+    tokens = s["batch"] * s["seq"]
+    fpt = config.flops_per_token(s["seq"])
+    datasheet = peak_flops(device, dtype) if device.type == "cuda" else None
+    measured = matmul_peak(device, dtype)
+    results["peaks"] = {"datasheet_flops": datasheet, "measured_matmul_flops": measured}
+    results["shape"] = {**s, "dtype": str(dtype), "flops_per_token": fpt}
+    x = torch.randint(0, GPT2_VOCAB_SIZE, (s["batch"], s["seq"] + 1), device=device)
+    inputs, targets = x[:, :-1], x[:, 1:]
+    rates = {}
+    for impl in ("gpt124m", "transformers"):
+        for compiled in (False, True):
+            torch.manual_seed(0)
+            if impl == "gpt124m":
+                model = GPT(config).to(device).train()
+                run = _compile(model, ctx) if compiled else model
+                forward = lambda run=run: run(inputs, targets)[1]  # noqa: E731
+            else:
+                model = transformers_gpt2(config).to(device).train()
+                run = _compile(model, ctx) if compiled else model
+                forward = lambda run=run: run(inputs, labels=inputs).loss  # noqa: E731
+            name = impl + (" + compile" if compiled else "")
+            ctx.say(f"throughput: {name}")
+            t = time_steps(
+                training_step(model, forward, device, dtype),
+                device,
+                warmup=s["warmup"],
+                windows=s["windows"],
+                per_window=s["per_window"],
+            )
+            rate = tokens / t["step_s"]
+            rates[name] = rate
+            add_row(results, "training step", _row(name, t, rate, fpt, datasheet, measured))
+            del model, run, forward
+            ctx.cleanup_device()
+    ratio = rates["gpt124m + compile"] / rates["transformers + compile"]
+    results["ratio_compiled"] = ratio
+    results.headline("gpt124m / transformers, both compiled", f"{ratio:.2f}x")
+    ctx.say("throughput: the trainer's own loop (fit)")
+    loop = trainer_loop(ctx, s, compile=not ctx.smoke)
+    rate = loop["tokens_per_s"]
+    add_row(
+        results,
+        "training step",
+        _row(
+            "gpt124m fit() loop" + (" + compile" if not ctx.smoke else ""),
+            loop,
+            rate,
+            fpt,
+            datasheet,
+            measured,
+        ),
+    )
+    results.headline(
+        "fit() tokens/s (bf16" + (", compiled)" if not ctx.smoke else ")"), f"{rate:,.0f}"
+    )
+
+
+def _row(name, t, rate, fpt, datasheet, measured) -> dict:
+    return {
+        "implementation": name,
+        "tokens/s": rate,
+        "step ms": t["step_s"] * 1000,
+        "first step s (compile)": t.get("first_step_s"),
+        "MFU datasheet": None if datasheet is None else rate * fpt / datasheet,
+        "MFU measured": rate * fpt / measured,
+        "peak GiB": t.get("peak_gib"),
+    }
+
+
+def trainer_loop(ctx: Context, s: dict, *, compile: bool) -> dict:
+    """`fit` itself (data copies, accumulation weights, logging) on random CPU batches: the
+    median of its logged step times after the first window (compilation)."""
+    log_every = 2 if ctx.smoke else 5
+    steps = 3 * log_every + log_every  # a compile window, then three clean ones
+    out = ctx.work / "loop"
+    cfg = TrainConfig(
+        model=s["preset"],
+        out_dir=str(out),
+        seq_len=s["seq"],
+        micro_batch_size=s["batch"],
+        total_batch_tokens=s["batch"] * s["seq"],
+        max_steps=steps,
+        warmup_steps=2,
+        precision="bf16",
+        compile=compile,
+        device=ctx.device.type,
+        eval_every=0,
+        sample_every=0,
+        checkpoint_every=0,
+        log_every=log_every,
+    )
+    torch.manual_seed(0)
+    model = GPT(get_preset(s["preset"]))
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    fit(
+        cfg,
+        model,
+        RandomBatches(s["batch"], s["seq"], GPT2_VOCAB_SIZE),
+        info=distributed.init(ctx.device.type),
+    )
+    records = train_records(out)
+    clean = sorted(r["ms"] for r in records[1:])
+    step_s = clean[len(clean) // 2] / 1000
+    peak = (
+        torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.device.type == "cuda" else None
+    )
+    return {
+        "step_s": step_s,
+        "tokens_per_s": cfg.total_batch_tokens / step_s,
+        # the first logged window holds the compilation: its excess over clean steps
+        "first_step_s": (records[0]["ms"] / 1000 - step_s) * log_every + step_s,
+        "peak_gib": peak,
+    }
+
+
+def card_24gb(ctx: Context, results: Results) -> None:
+    """With the allocator capped at a 24 GB card's memory, what `--micro-batch-size auto` picks
+    for `gpt2` at T=1024 (the seed's 589,824-token step), and its eager tokens/s there."""
+    s = shapes(ctx)
+    device, dtype = ctx.device, ctx.amp
+    config = get_preset(s["preset"])
+    usable_gib = ctx.card_gib - 1.0  # CUDA context and cuBLAS workspace live outside the cap
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(usable_gib * 2**30 / total, device)
+        results["cap_gib"] = usable_gib
+    total_tokens = BATCH_TOKENS_OF_THE_SEED if not ctx.smoke else 8 * s["seq"]
+    cfg = TrainConfig(
+        model=s["preset"],
+        seq_len=s["seq"],
+        micro_batch_size="auto",
+        total_batch_tokens=total_tokens,
+    )
+    torch.manual_seed(0)
+    model = GPT(config)
+    tried = []
+    trial = autobatch.TrialStep(model, seq_len=s["seq"], device=device, amp_dtype=dtype)
+
+    def fits(batch):
+        start = time.perf_counter()
+        ok = trial(batch)
+        tried.append({"micro-batch": batch, "fits": ok, "trial s": time.perf_counter() - start})
+        return ok
+
+    start = time.perf_counter()
+    try:
+        micro = autobatch.choose(cfg, model, device=device, amp_dtype=dtype, fits=fits)
+    finally:
+        trial.close()
+    results["search_s"] = time.perf_counter() - start
+    results["tables"] = {"auto trials": tried}
+    ctx.say(f"card_24gb: auto picked {micro}; timing it")
+    model = model.to(device).train()
+    x = torch.randint(0, GPT2_VOCAB_SIZE, (micro, s["seq"] + 1), device=device)
+    step = training_step(model, lambda: model(x[:, :-1], x[:, 1:])[1], device, dtype)
+    t = time_steps(
+        step, device, warmup=s["warmup"], windows=s["windows"], per_window=s["per_window"]
+    )
+    rate = micro * s["seq"] / t["step_s"]
+    add_row(
+        results,
+        "at the chosen micro-batch (eager)",
+        {
+            "micro-batch": micro,
+            **_row(
+                "gpt124m",
+                t,
+                rate,
+                config.flops_per_token(s["seq"]),
+                None,
+                matmul_peak(device, dtype),
+            ),
+        },
+    )
+    results.headline(
+        f"{ctx.card_gib:g} GB card: auto micro-batch, tokens/s (eager)", f"{micro}, {rate:,.0f}"
+    )
