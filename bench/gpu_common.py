@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from gpt124m.atomic import atomic_write_text
+from gpt124m.device import use_tf32
 
 
 def device_name(device: torch.device) -> str:
@@ -83,6 +84,8 @@ class Context:
         atomic_write_text(self.out / "gpu.md", markdown(self.report))
 
     def cleanup_device(self) -> None:
+        """Free what a section left, and restore the trainer's CUDA defaults (TF32 on, no cap)."""
+        use_tf32(self.device)
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -49,7 +49,7 @@ def _tiny_run(out: Path, device: str, *, steps: int, seq: int, batch: int):
         total_batch_tokens=batch * seq,
         max_steps=steps,
         warmup_steps=2,
-        max_lr=1e-2,
+        max_lr=3e-3,
         precision="fp32",
         device=device,
         eval_every=0,

@@ -73,6 +73,8 @@ def throughput(ctx: Context, results: Results) -> None:
     results["shape"] = {**s, "dtype": str(dtype), "flops_per_token": fpt}
     x = torch.randint(0, GPT2_VOCAB_SIZE, (s["batch"], s["seq"] + 1), device=device)
     inputs, targets = x[:, :-1], x[:, 1:]
+    results["flash_attention"] = flash_attention_runs(config, inputs, targets, device, dtype)
+    results.headline("training attention runs on the flash kernel", results["flash_attention"])
     rates = {}
     for impl in ("gpt124m", "transformers"):
         for compiled in (False, True):
@@ -120,6 +122,21 @@ def throughput(ctx: Context, results: Results) -> None:
     results.headline(
         "fit() tokens/s (bf16" + (", compiled)" if not ctx.smoke else ")"), f"{rate:,.0f}"
     )
+
+
+def flash_attention_runs(config, inputs, targets, device, dtype) -> bool | str:
+    """Does a training step of our model run with SDPA limited to the flash kernel? (It refuses
+    if the model passed an explicit mask or the dtype does not suit flash attention.)"""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = GPT(config).to(device).train()
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), autocast_context(device, dtype):
+            _, loss = model(inputs[:1], targets[:1])
+        loss.backward()
+        return True
+    except RuntimeError as e:
+        return f"no: {str(e).splitlines()[0][:200]}"
 
 
 def _row(name, t, rate, fpt, datasheet, measured) -> dict:

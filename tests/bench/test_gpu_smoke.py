@@ -1,0 +1,76 @@
+"""bench/gpu.py cannot rot: its --smoke mode runs every section's code path on CPU (tiny shapes),
+and a failing section is recorded while the others still run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
+
+
+def smoke(out: Path, *args: str, timeout: int = 540) -> tuple[int, dict, str]:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    report = json.loads((out / "gpu.json").read_text())
+    return proc.returncode, report, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_every_section_runs_on_cpu_and_reports(tmp_path):
+    code, report, output = smoke(tmp_path / "out")
+    sections = report["sections"]
+    assert {n: r["status"] for n, r in sections.items()} == dict.fromkeys(
+        ["correct_tiny", "correct_text", "torchrun", "card_24gb", "hellaswag", "decode",
+         "throughput"], "ok"
+    ), output  # fmt: skip
+    assert code == 0, output
+    meta = report["meta"]
+    assert meta["smoke"] and meta["torch"] and "--smoke" in meta["command"] and meta["date"]
+
+    def table(section, prefix):
+        tables = sections[section]["results"]["tables"]
+        return next(rows for title, rows in tables.items() if title.startswith(prefix))
+
+    # CPU against CPU is exact; the text run learned and resumed onto its own curve
+    assert table("correct_tiny", "3 fp32 steps")[0]["max |loss diff|"] == 0
+    text = sections["correct_text"]["results"]
+    assert text["losses"]["6"] < text["losses"]["1"]
+    assert text["resume"] == {"steps": [4, 5, 6], "max_abs_diff": 0.0}
+    # torchrun with one process really ran DDP and FSDP2 (gloo here) and matched one process
+    for row in table("torchrun", "torchrun --nproc_per_node 1"):
+        assert row["process group"] == "gloo" and row["exit"] == 0 and row["steps"] == 2
+        assert row["max |loss diff| vs one process"] <= 1e-6
+    # auto on the trial path: the whole 8-sequence batch fits on CPU
+    assert sections["card_24gb"]["results"]["tables"]["auto trials"][0]["micro-batch"] == 8
+    assert [r["batch"] for r in table("decode", "greedy decode")] == [1, 8, 64]
+    rows = table("throughput", "training step")
+    assert [r["implementation"] for r in rows] == [
+        "gpt124m", "gpt124m + compile", "transformers", "transformers + compile",
+        "gpt124m fit() loop",
+    ]  # fmt: skip
+    assert all(r["tokens/s"] > 0 for r in rows)
+    assert sections["throughput"]["results"]["flash_attention"] is True
+    markdown = (tmp_path / "out" / "gpu.md").read_text()
+    assert "| throughput | ok |" in markdown and meta["device"] in markdown
+
+
+def test_a_failing_section_is_recorded_and_the_rest_still_runs(tmp_path):
+    missing = tmp_path / "no-such-hellaswag.jsonl"
+    code, report, output = smoke(
+        tmp_path / "out",
+        "--sections", "hellaswag", "correct_tiny",
+        "--hellaswag-data", str(missing),
+        timeout=240,
+    )  # fmt: skip
+    hellaswag, tiny = report["sections"]["hellaswag"], report["sections"]["correct_tiny"]
+    assert hellaswag["status"] == "error" and str(missing) in hellaswag["error"], output
+    assert tiny["status"] == "ok", output
+    assert code == 1
+    assert "**FileNotFoundError" in (tmp_path / "out" / "gpu.md").read_text()
