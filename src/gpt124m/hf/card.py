@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
+from gpt124m.config import ModelConfig
 
 PROMPT = "Hello, I'm a language model,"
 IMAGE_CAPTIONS = {
@@ -167,9 +167,9 @@ def _usage(info: CardInfo) -> str:
 def _architecture(info: CardInfo) -> str:
     c = info.model_config
     vocab = (
-        f"{GPT2_VOCAB_SIZE:,}"
-        if not info.remote_code or c.vocab_size == GPT2_VOCAB_SIZE
-        else f"{GPT2_VOCAB_SIZE:,} (embedding padded to {c.vocab_size:,} rows, never generated)"
+        f"{c.vocab_size:,}"
+        if not info.remote_code or c.padded_vocab_size == c.vocab_size
+        else f"{c.vocab_size:,} (embedding padded to {c.padded_vocab_size:,} rows, never generated)"
     )
     rows = [
         ("Layers", f"{c.n_layer}"),

@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 
 def load_base(source: str, *, dropout: float = 0.0, seed: int = 0) -> GPT:
     """The model to tune: a model directory / hub id, or a preset name (random init)."""
-    from gpt124m.checkpoint import build_model, load_model
+    from gpt124m.checkpoint import build_model, load_for_training
     from gpt124m.config import PRESETS
 
     if source in PRESETS:
         torch.manual_seed(seed)
         return GPT(dataclasses.replace(PRESETS[source].config, dropout=dropout))
-    model = load_model(source)
+    model = load_for_training(source)
     if model.config.dropout != dropout:
         config = dataclasses.replace(model.config, dropout=dropout)
         model = build_model(config, model.state_dict(), Path(source))

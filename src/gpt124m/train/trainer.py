@@ -583,9 +583,9 @@ def _initial_model(cfg: TrainConfig) -> GPT:
     if cfg.model in PRESETS:
         config = dataclasses.replace(PRESETS[cfg.model].config, dropout=cfg.dropout)
         return GPT(config)
-    from gpt124m.checkpoint import load_model
+    from gpt124m.checkpoint import load_for_training
 
-    return load_model(cfg.model).train()
+    return load_for_training(cfg.model)
 
 
 def hellaswag_hook(cfg: TrainConfig):
