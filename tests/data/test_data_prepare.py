@@ -221,7 +221,7 @@ def test_empty_documents_are_skipped_and_counted(tmp_path):
         ("parquet", {"text_field": "body"}, ValueError, "missing text field 'body'"),
         ("bad_json", {}, ValueError, "not valid JSON"),
         ("unsupported", {}, ValueError, "unsupported file type"),
-        ("jsonl", {"val_tokens": 10**6}, ValueError, "all went to validation"),
+        ("jsonl", {"val_tokens": 10**6}, ValueError, "nothing is left to train on"),
         ("jsonl", {"shard_tokens": 0}, ValueError, "shard_tokens must be >= 1"),
         ("jsonl", {"out": "file/sub"}, ValueError, "not writable"),
     ],
