@@ -35,9 +35,14 @@ def test_cli_writes_results_table_chart_and_predictions(tmp_path, model_dir, jso
         "| GPT-2 124M | harness | 0.3114 |",
         "| GPT-3 Small (125M) | paper | 0.3370 |",
         "| Seed GPT-124M | completion | 0.3315 |",
-        f"| completion | {expected['completion']['acc_norm']:.4f} | {expected['completion']['acc']:.4f} | 5 |",
     ):
         assert line in table
+    ours = next(x for x in table.splitlines() if x.startswith("| **") and "| completion |" in x)
+    cells = [c.strip() for c in ours.strip("|").split("|")]
+    assert cells[2] == f"{expected['completion']['acc_norm']:.4f}"
+    lo, hi = map(float, cells[3].split("–"))
+    assert lo <= expected["completion"]["acc_norm"] <= hi and hi - lo > 0.3  # 5 items: wide
+    assert cells[4:6] == [f"{expected['completion']['acc']:.4f}", "n = 5"]
     assert (out / "hellaswag_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stdout = capsys.readouterr().out
     assert table in stdout
