@@ -80,7 +80,7 @@ def test_usage_snippets_name_the_repo_and_the_promised_calls(run_record):
     assert f"```python\n{pipe}```" in card and f"```python\n{generate}```" in card
     assert 'AutoTokenizer.from_pretrained("alice/gpt124m-fineweb", trust_remote_code=True)' in pipe
     assert 'pipeline(\n    "text-generation", model="alice/gpt124m-fineweb"' in pipe
-    for arg in ("do_sample=True", "max_length=40", "temperature=0.9", "top_p=0.5", "top_k=50"):
+    for arg in ("do_sample=True", "max_new_tokens=30", "temperature=0.9", "top_p=0.5", "top_k=50"):
         assert arg in pipe
     assert 'device="cpu"' in pipe
     assert "AutoModelForCausalLM.from_pretrained(" in generate and "model.generate(" in generate

@@ -132,7 +132,7 @@ def usage_snippets(info: CardInfo) -> tuple[str, str]:
         "outputs = generator(\n"
         f'    "{PROMPT}",\n'
         "    do_sample=True,\n"
-        "    max_length=40,\n"
+        "    max_new_tokens=30,\n"
         "    temperature=0.9,\n"
         "    top_p=0.5,\n"
         "    top_k=50,\n"
