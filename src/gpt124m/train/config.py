@@ -62,7 +62,7 @@ class TrainConfig:
     # periodic work (0 disables)
     log_every: int = 1
     eval_every: int = 250
-    val_tokens: int = 65_536
+    val_tokens: int = 16_384
     sample_every: int = 1000
     sample_prompts: list[str] = field(
         default_factory=lambda: ["Hello, I'm a language model,", "The meaning of life is"]
