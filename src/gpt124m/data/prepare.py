@@ -293,7 +293,8 @@ def _prepare_into(cfg: PrepareConfig, source: Source, out: Path) -> dict:
     if marks is not None and writer.split == "val" and writer.fill > 1:
         n_val = max(1, writer.fill // AUTO_VAL_DIVISOR)
         log.info(
-            "the source has %s tokens, less than one shard: the first %s go to validation",
+            "the source ends after %s tokens, before the default validation shard is full: "
+            "the first %s (a tenth) go to validation",
             f"{writer.fill:,}",
             f"{n_val:,}",
         )
