@@ -142,3 +142,30 @@ def test_console_script_in_a_subprocess(tiny_model, tiny_model_dir, tok):
     assert run.returncode == 0, run.stderr
     assert run.stdout == greedy_text(tiny_model, tok) + "\n"
     assert "loaded" in run.stderr  # the log line went to stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-v", "info", "--preset", "nano"],
+        ["info", "--preset", "nano", "-v"],
+        ["info", "--verbose", "--preset", "nano"],
+        ["eval", "loss", "--model", "nano", "--data", "no-such-dir", "-v"],
+    ],
+)
+def test_verbose_before_or_after_the_subcommand(argv):
+    run = subprocess.run(
+        [sys.executable, "-m", "gpt124m", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode in (0, 2), run.stderr
+    assert f"python {sys.version.split()[0]} | {' '.join(argv)}" in run.stderr  # the debug line
+
+
+def test_no_debug_line_without_verbose():
+    run = subprocess.run(
+        [sys.executable, "-m", "gpt124m", "info", "--preset", "nano"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and run.stderr == ""

@@ -276,14 +276,12 @@ def _finish_tokenizer(out: Path, block_size: int) -> None:
 
 
 def _write_generation_config(out: Path, block_size: int) -> None:
-    """EOT ends and pads; `max_length` is the context, which also stops transformers 4.x
-    pipelines from overriding a caller's `max_length` with their 256-new-token default."""
-    config = {
-        "bos_token_id": EOT_ID,
-        "eos_token_id": EOT_ID,
-        "pad_token_id": EOT_ID,
-        "max_length": block_size,
-    }
+    """EOT ends and pads, and nothing else: no length. A stored `max_length` or `max_new_tokens`
+    competes with the caller's own (transformers then warns that both are set, and may ignore
+    the caller's), so every length a user passes, either kind, is taken as given. The model
+    itself refuses to run past its context (`block_size`)."""
+    del block_size
+    config = {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID}
     atomic_write_text(out / "generation_config.json", json.dumps(config, indent=2) + "\n")
 
 

@@ -24,7 +24,7 @@ from gpt124m.checkpoint import WEIGHTS_NAME, build_model, save_pretrained
 from gpt124m.eval._runtime import all_reduce_sum
 from gpt124m.model import GPT, IGNORE_INDEX
 from gpt124m.train import checkpointing, distributed
-from gpt124m.train.config import TrainConfig
+from gpt124m.train.config import TrainConfig, apply_step_cap
 from gpt124m.train.loggers import build_trackers
 from gpt124m.train.metrics import (
     MetricsLog,
@@ -511,6 +511,7 @@ def fit(
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `model` (forward(x, y) -> (logits, loss)) on `data` as `cfg` says; returns the summary."""
+    cfg = apply_step_cap(cfg)
     cfg.validate()
     info = info or distributed.init(cfg.device)
     run = _Run(cfg, model, data, hooks or Hooks(), info, metadata or {})
@@ -534,7 +535,7 @@ def sample_texts(model: GPT, prompts: list[str], max_new_tokens: int, seed: int)
 
 def pretrain(cfg: TrainConfig) -> dict[str, Any]:
     """Pretrain on prepared token shards; writes checkpoints and a final model directory."""
-    from gpt124m.data.loader import TokenLoader, validation_batches
+    from gpt124m.data.loader import TokenLoader, validation_batches, validation_budget
 
     cfg.validate()
     info = distributed.init(cfg.device)
@@ -552,12 +553,15 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
             world_size=info.world_size,
             seed=cfg.seed,
         )
+        val_tokens = cfg.val_tokens
+        if cfg.eval_every > 0:
+            val_tokens = validation_budget(cfg.data_dir, cfg.val_tokens, say=info.is_main)
         hooks = Hooks(
             val_batches=lambda: validation_batches(
                 cfg.data_dir,
                 batch_size=cfg.micro_batch_size,
                 seq_len=cfg.seq_len,
-                max_tokens=cfg.val_tokens,
+                max_tokens=val_tokens,
                 rank=info.rank,
                 world_size=info.world_size,
             ),
