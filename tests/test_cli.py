@@ -169,3 +169,31 @@ def test_no_debug_line_without_verbose():
         timeout=120,
     )
     assert run.returncode == 0 and run.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "gpt5", "--max-steps", "1"], "gpt5: no such model directory"),
+        (["export", "runs/nope", "out/nope"], "runs/nope: no such model directory"),
+        (["demo", "--model", "runs/nope"], "runs/nope: no such model directory"),
+        (["generate", "--model", "runs/nope", "--prompt", "x"], "runs/nope: no such model"),
+    ],
+)
+def test_unknown_models_fail_in_one_line_without_the_hub(argv, message, tmp_path):
+    """`runs/` exists, so `runs/nope` is a local path; `gpt5` is no preset and no owner/name."""
+    (tmp_path / "runs").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a Hub attempt would fail loudly and slowly
+    run = subprocess.run(
+        [sys.executable, "-m", "gpt124m", *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,  # fmt: skip
+    )
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], run.stderr
+    assert not (tmp_path / "out").exists()
