@@ -61,13 +61,20 @@ def test_generate_reads_the_prompt_from_stdin(tiny_model, tiny_model_dir, tok, c
 
 
 def test_generate_sampling_with_seed_and_samples(tiny_model_dir, capsys):
-    argv = ["generate", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--seed", "3"]
-    argv += ["--max-new-tokens", "5", "--num-samples", "2", "--top-p", "0.9"]
-    assert main(argv) == 0
-    first = capsys.readouterr().out
-    assert main(argv) == 0
-    assert capsys.readouterr().out == first
-    assert "--- sample 1 ---" in first and "--- sample 2 ---" in first
+    def samples(*flags) -> list[str]:
+        argv = ["generate", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--top-p", "0.9"]
+        assert main([*argv, "--max-new-tokens", "8", "--num-samples", "2", *flags]) == 0
+        out = capsys.readouterr().out
+        assert "--- sample 1 ---" in out and "--- sample 2 ---" in out
+        parts = out.removesuffix("\n").split("\n--- sample ")[1:]
+        return [part.split(" ---\n", 1)[1] for part in parts]
+
+    first = samples("--seed", "3")
+    assert samples("--seed", "3") == first  # a seed makes sampling repeatable
+    assert samples("--seed", "11") != first  # and a different seed samples differently
+    assert first[0] != first[1]  # each sample draws anew
+    (greedy,) = {*samples("--temperature", "0")}  # greedy: both samples alike
+    assert greedy not in first
 
 
 @pytest.mark.parametrize(

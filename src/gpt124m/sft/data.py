@@ -60,16 +60,19 @@ class LoadReport:
     def add(self, reason: str, where: str) -> None:
         self.problems[reason].append(where)
 
-    def describe(self) -> str:
+    def reasons(self) -> str:
         parts = []
         for reason, where in sorted(self.problems.items(), key=lambda kv: -len(kv[1])):
             shown = ", ".join(where[:MAX_LOCATIONS]) + (
                 ", ..." if len(where) > MAX_LOCATIONS else ""
             )
             parts.append(f"{len(where)} {reason} ({shown})")
+        return "; ".join(parts)
+
+    def describe(self) -> str:
         return (
             f"{self.source}: {self.malformed} of {self.rows} rows malformed and skipped: "
-            + "; ".join(parts)
+            + self.reasons()
         )
 
 
@@ -168,11 +171,14 @@ def load_examples(source: str) -> tuple[list[Example], LoadReport]:
     report = LoadReport(name)
     rows = _hub_rows() if source == "alpaca" else _read_file(Path(source).expanduser(), report)
     examples = parse_rows(rows, report)
+    if not examples:  # the error carries the report: no warning to repeat it
+        detail = f": {report.reasons()}" if report.malformed else ""
+        raise ValueError(
+            f"--data {source}: no usable examples in {report.rows} rows{detail}; each record "
+            "needs non-empty 'instruction' and 'output' strings (and may have 'input')"
+        )
     if report.malformed:
         log.warning("%s", report.describe())
-    if not examples:
-        detail = f"; {report.describe()}" if report.malformed else ""
-        raise ValueError(f"--data {source}: no usable examples ({report.rows} rows){detail}")
     return examples, report
 
 

@@ -166,6 +166,7 @@ def _val_hook(cfg: SFTConfig, val: list, info: distributed.Dist):
 def sft(cfg: SFTConfig) -> dict[str, Any]:
     """Run instruction tuning as `cfg` says; returns the run summary (with output paths)."""
     cfg.validate()
+    checkpointing.check_resume(cfg.resume)  # before loading the model and the data
     info = distributed.init(cfg.device)
     try:
         model = load_base(cfg.base, dropout=cfg.dropout, seed=cfg.seed)

@@ -147,6 +147,8 @@ class TrainConfig:
             raise bad("schedule", f"choose from {', '.join(SCHEDULES)}")
         if self.parallel not in PARALLEL:
             raise bad("parallel", f"choose from {', '.join(PARALLEL)}")
+        if not self.max_lr > 0:
+            raise bad("max_lr", "must be positive")
         if not 0 <= self.min_lr <= self.max_lr:
             raise bad("min_lr", f"must be between 0 and --max-lr ({self.max_lr})")
         if not 0 < self.decay_fraction <= 1:

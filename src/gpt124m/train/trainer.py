@@ -234,10 +234,7 @@ class _Run:
             if found is None:
                 log.info("no checkpoint in %s: starting fresh", self.ckpt_root)
             return Path(found) if found else None
-        path = Path(cfg.resume)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--resume {cfg.resume}: no such checkpoint directory")
-        return path
+        return checkpointing.check_resume(cfg.resume)
 
     def _flops_per_token(self) -> float:
         config = getattr(self.raw, "config", None)
@@ -538,6 +535,7 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
     from gpt124m.data.loader import TokenLoader, validation_batches, validation_budget
 
     cfg.validate()
+    checkpointing.check_resume(cfg.resume)  # before any work, not after the model and data
     info = distributed.init(cfg.device)
     try:
         model = _initial_model(cfg)
