@@ -29,7 +29,7 @@ def test_round_trip_is_exact(tiny_model, tiny_model_dir):
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     config = read_config(tiny_model_dir)
-    assert config["format"] == "gpt124m" and config["format_version"] == 1
+    assert config["format"] == "gpt124m" and config["format_version"] == 2
     assert config["model"] == get_preset("tiny").to_dict()
     assert "lm_head.weight" not in load_file(tiny_model_dir / "model.safetensors")  # tied
 
@@ -41,6 +41,21 @@ def test_round_trip_is_exact(tiny_model, tiny_model_dir):
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), key
     assert model_config(tiny_model_dir) == tiny_model.config
+
+
+def test_version_1_directories_still_load(tiny_model, tiny_model_dir, tmp_path):
+    """Version 1 stored the padded row count as vocab_size: same weights, same greedy text."""
+    from gpt124m.generate import GenerationConfig, generate
+
+    old = copy_dir(tiny_model_dir, tmp_path / "v1")
+    config = read_config(old)
+    model = dict(config["model"], vocab_size=50304)
+    del model["vocab_multiple"]
+    (old / "config.json").write_text(json.dumps({**config, "format_version": 1, "model": model}))
+    loaded = load_model(old)
+    assert loaded.config == tiny_model.config
+    cfg = GenerationConfig(max_new_tokens=12, eos_token_id=None)
+    assert generate(loaded, [[464, 318]], cfg) == generate(tiny_model, [[464, 318]], cfg)
 
 
 def test_gpt_class_methods_and_metadata(tiny_model, tmp_path):
@@ -127,7 +142,7 @@ def test_loading_never_unpickles(tiny_model_dir, monkeypatch):
 
 
 def test_sources_resolve_to_directories_or_hub_ids(tiny_model_dir, tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="not a model directory"):
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
         load_model(tmp_path / "missing")
     (tmp_path / "file.bin").write_bytes(b"x")
     with pytest.raises(NotADirectoryError, match="file.bin"):
@@ -153,6 +168,26 @@ def test_sources_resolve_to_directories_or_hub_ids(tiny_model_dir, tmp_path, mon
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(FileNotFoundError, match="alice/nothing.*Hugging Face Hub.*offline"):
         load_model("alice/nothing")
+
+
+def test_local_looking_sources_and_bare_names_never_reach_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub must not be tried")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for source, message in [
+        ("runs/nope", "runs/nope: no such model directory$"),
+        ("./nope/model", "no such model directory$"),
+        ("gpt5", "gpt5: no such model directory, and not a hub id"),
+        ("nano", "nano: is a preset"),
+    ]:
+        with pytest.raises(FileNotFoundError, match=message) as info:
+            load_model(source)
+        assert "\n" not in str(info.value)
 
 
 def test_writes_are_atomic(tmp_path, tiny_model, monkeypatch):

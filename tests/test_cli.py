@@ -61,13 +61,20 @@ def test_generate_reads_the_prompt_from_stdin(tiny_model, tiny_model_dir, tok, c
 
 
 def test_generate_sampling_with_seed_and_samples(tiny_model_dir, capsys):
-    argv = ["generate", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--seed", "3"]
-    argv += ["--max-new-tokens", "5", "--num-samples", "2", "--top-p", "0.9"]
-    assert main(argv) == 0
-    first = capsys.readouterr().out
-    assert main(argv) == 0
-    assert capsys.readouterr().out == first
-    assert "--- sample 1 ---" in first and "--- sample 2 ---" in first
+    def samples(*flags) -> list[str]:
+        argv = ["generate", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--top-p", "0.9"]
+        assert main([*argv, "--max-new-tokens", "8", "--num-samples", "2", *flags]) == 0
+        out = capsys.readouterr().out
+        assert "--- sample 1 ---" in out and "--- sample 2 ---" in out
+        parts = out.removesuffix("\n").split("\n--- sample ")[1:]
+        return [part.split(" ---\n", 1)[1] for part in parts]
+
+    first = samples("--seed", "3")
+    assert samples("--seed", "3") == first  # a seed makes sampling repeatable
+    assert samples("--seed", "11") != first  # and a different seed samples differently
+    assert first[0] != first[1]  # each sample draws anew
+    (greedy,) = {*samples("--temperature", "0")}  # greedy: both samples alike
+    assert greedy not in first
 
 
 @pytest.mark.parametrize(
@@ -142,3 +149,58 @@ def test_console_script_in_a_subprocess(tiny_model, tiny_model_dir, tok):
     assert run.returncode == 0, run.stderr
     assert run.stdout == greedy_text(tiny_model, tok) + "\n"
     assert "loaded" in run.stderr  # the log line went to stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-v", "info", "--preset", "nano"],
+        ["info", "--preset", "nano", "-v"],
+        ["info", "--verbose", "--preset", "nano"],
+        ["eval", "loss", "--model", "nano", "--data", "no-such-dir", "-v"],
+    ],
+)
+def test_verbose_before_or_after_the_subcommand(argv):
+    run = subprocess.run(
+        [sys.executable, "-m", "gpt124m", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode in (0, 2), run.stderr
+    assert f"python {sys.version.split()[0]} | {' '.join(argv)}" in run.stderr  # the debug line
+
+
+def test_no_debug_line_without_verbose():
+    run = subprocess.run(
+        [sys.executable, "-m", "gpt124m", "info", "--preset", "nano"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and run.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "gpt5", "--max-steps", "1"], "gpt5: no such model directory"),
+        (["export", "runs/nope", "out/nope"], "runs/nope: no such model directory"),
+        (["demo", "--model", "runs/nope"], "runs/nope: no such model directory"),
+        (["generate", "--model", "runs/nope", "--prompt", "x"], "runs/nope: no such model"),
+    ],
+)
+def test_unknown_models_fail_in_one_line_without_the_hub(argv, message, tmp_path):
+    """`runs/` exists, so `runs/nope` is a local path; `gpt5` is no preset and no owner/name."""
+    (tmp_path / "runs").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a Hub attempt would fail loudly and slowly
+    run = subprocess.run(
+        [sys.executable, "-m", "gpt124m", *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,  # fmt: skip
+    )
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], run.stderr
+    assert not (tmp_path / "out").exists()

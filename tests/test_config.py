@@ -10,7 +10,6 @@ import torch
 
 from gpt124m.config import (
     GPT2_VOCAB_SIZE,
-    PADDED_VOCAB_SIZE,
     PRESETS,
     ModelConfig,
     describe,
@@ -40,15 +39,19 @@ def meta_param_count(config: ModelConfig) -> int:
         return GPT(config).num_params()
 
 
-def test_padded_vocab_is_next_multiple_of_64():
-    assert PADDED_VOCAB_SIZE % 64 == 0
-    assert PADDED_VOCAB_SIZE - 64 < GPT2_VOCAB_SIZE <= PADDED_VOCAB_SIZE
+def test_vocab_is_gpt2s_and_its_rows_the_next_multiple_of_64():
+    config = ModelConfig()
+    assert config.vocab_size == GPT2_VOCAB_SIZE == 50257
+    assert config.padded_vocab_size == 50304
+    assert ModelConfig(vocab_size=64).padded_vocab_size == 64
+    assert ModelConfig(vocab_size=65).padded_vocab_size == 128
+    assert ModelConfig(vocab_size=100, vocab_multiple=1).padded_vocab_size == 100
 
 
 def test_gpt2_has_exactly_124_475_904_parameters():
     config = get_preset("gpt2")
     assert (config.n_layer, config.n_head, config.n_embd, config.block_size) == (12, 12, 768, 1024)
-    assert config.vocab_size == PADDED_VOCAB_SIZE
+    assert (config.vocab_size, config.padded_vocab_size) == (50257, 50304)
     assert config.num_params() == 124_475_904
     assert meta_param_count(config) == 124_475_904
 
@@ -59,7 +62,7 @@ def test_preset_shapes_match_the_issue(name):
     n_layer, n_head, n_embd, block = ISSUE_SHAPES[name]
     assert config.n_layer == n_layer
     assert config.block_size == block
-    assert config.vocab_size == PADDED_VOCAB_SIZE
+    assert config.vocab_size == GPT2_VOCAB_SIZE
     assert config.n_embd % config.n_head == 0
     if n_embd % n_head == 0:
         assert (config.n_head, config.n_embd) == (n_head, n_embd)
@@ -80,7 +83,7 @@ def test_indivisible_gpt3_shapes_are_adjusted_and_documented():
 def test_huge_presets_count_on_meta_device(name):
     config = get_preset(name)
     assert config.num_params() == meta_param_count(config)
-    embeddings = (config.vocab_size + config.block_size) * config.n_embd
+    embeddings = (config.padded_vocab_size + config.block_size) * config.n_embd
     assert config.num_params(include_embeddings=False) == config.num_params() - embeddings
 
 
@@ -111,7 +114,10 @@ def test_memory_figures():
 
 def test_flops_per_token_is_6n_plus_attention():
     config = get_preset("tiny")
-    n_matmul = config.num_params(include_embeddings=False) + config.vocab_size * config.n_embd
+    # The head multiplies by every embedding row, padding included: that work is really done.
+    n_matmul = (
+        config.num_params(include_embeddings=False) + config.padded_vocab_size * config.n_embd
+    )
     base = config.flops_per_token(1)
     # The attention term grows linearly with the context length, 12 * L * d per token.
     assert config.flops_per_token(33) - base == 12 * config.n_layer * config.n_embd * 32

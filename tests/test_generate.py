@@ -119,10 +119,17 @@ def test_logits_processing_matches_transformers(settings):
 
 def test_eos_stops_each_row(tiny_model):
     base = generate(tiny_model, PROMPTS, greedy(max_new_tokens=16))
-    eos = base[0][4]
-    expected = [row[: row.index(eos)] if eos in row else row for row in base]
-    assert expected[0] == base[0][: base[0].index(eos)]
-    assert generate(tiny_model, PROMPTS, greedy(max_new_tokens=16, eos_token_id=eos)) == expected
+    # an EOS that row 0 reaches part-way and the last row never produces
+    eos = next(t for i, t in enumerate(base[0]) if i > 0 and t not in base[0][:i] + base[-1])
+    out = generate(tiny_model, PROMPTS, greedy(max_new_tokens=16, eos_token_id=eos))
+    lengths = []
+    for prompt, row in zip(PROMPTS, out, strict=True):
+        ref = reference_greedy(tiny_model, prompt, 16)
+        lengths.append(ref.index(eos) if eos in ref else len(ref))
+        assert row == ref[: lengths[-1]]  # the EOS itself is not returned
+    # Preconditions: the EOS cuts row 0 short and the last row runs to the end, so one row's EOS
+    # must neither stop the batch nor be missed.
+    assert 0 < lengths[0] < 16 and lengths[-1] == 16
 
 
 def test_batched_prompts_equal_each_alone(tiny_model):
@@ -131,6 +138,31 @@ def test_batched_prompts_equal_each_alone(tiny_model):
         alone = [generate(tiny_model, [p], cfg)[0] for p in PROMPTS]
         assert batched == alone
         assert len({tuple(r) for r in batched}) == len(PROMPTS)
+
+
+def test_bfloat16_cli_equals_a_left_padded_bfloat16_batch(tiny_model_dir, tok, capsys):
+    """`generate --dtype bfloat16`, one prompt per call, against the same prompts batched
+    (left-padded to the longest) on the model loaded in bfloat16."""
+    from gpt124m.checkpoint import load_model
+    from gpt124m.cli import main
+
+    prompts = [TEXT, "Hello", "x = [1, 2,", "Once upon a time, in a land far away, there lived"]
+    assert len({len(tok.encode(p)) for p in prompts}) == len(prompts)  # real padding
+    model = load_model(tiny_model_dir, dtype=torch.bfloat16)
+    assert model.transformer.wte.weight.dtype == torch.bfloat16
+    cfg = GenerationConfig(max_new_tokens=12)
+    batched = generate_text(model, tok, prompts, cfg)
+    argv = ["generate", "--model", str(tiny_model_dir), "--dtype", "bfloat16", "--device", "cpu"]
+    argv += ["--temperature", "0", "--max-new-tokens", "12"]
+    alone = []
+    for prompt in prompts:
+        assert main([*argv, "--prompt", prompt]) == 0
+        alone.append(capsys.readouterr().out.removesuffix("\n"))
+    assert alone == batched
+    assert len(set(batched)) == len(prompts)
+    # bf16 really ran: with these weights, its rounding changes some greedy continuation
+    fp32 = generate_text(load_model(tiny_model_dir), tok, prompts, cfg)
+    assert fp32 != batched
 
 
 def test_stop_strings_in_text_and_stream(tiny_model, tok):
@@ -221,7 +253,7 @@ def test_stream_holds_back_split_characters_and_stop_prefixes(tiny_model, tok, m
     ids = tok.encode(script)
     assert any("\ufffd" in tok.decode([i]) for i in ids)  # precondition: split characters
 
-    def scripted(model, prompts, cfg, *, vocab_size):
+    def scripted(model, prompts, cfg):
         finished = torch.zeros(len(prompts), dtype=torch.bool)
         for t in ids[: cfg.max_new_tokens]:
             tokens = torch.where(finished, cfg.eos_token_id, torch.full((len(prompts),), t))

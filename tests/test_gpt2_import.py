@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from gpt124m.checkpoint import load_model, model_config
-from gpt124m.config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE
+from gpt124m.config import GPT2_VOCAB_SIZE
 from gpt124m.generate import GenerationConfig, generate
 from gpt124m.model import GPT
 
@@ -55,18 +55,16 @@ def assert_same_logits(ours: GPT, hf_model, lengths=(1, 7, 33, N_POSITIONS)):
         with torch.no_grad():
             expected = hf_model(idx).logits
             got, _ = ours(idx)
-        assert got.shape == (2, T, PADDED_VOCAB_SIZE)
-        torch.testing.assert_close(got[..., :GPT2_VOCAB_SIZE], expected, atol=1e-4, rtol=0)
+        assert got.shape == expected.shape == (2, T, GPT2_VOCAB_SIZE)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
 def test_logits_equal_transformers(hf_model, hf_dir):
     ours = load_model(hf_dir)
     assert_same_logits(ours, hf_model)
-    assert ours.config.vocab_size == PADDED_VOCAB_SIZE
+    assert ours.config.vocab_size == GPT2_VOCAB_SIZE
     assert model_config(hf_dir) == ours.config
     assert ours.lm_head.weight is ours.transformer.wte.weight
-    padded = ours.transformer.wte.weight[GPT2_VOCAB_SIZE:]
-    assert padded.shape[0] == PADDED_VOCAB_SIZE - GPT2_VOCAB_SIZE and not padded.any()
 
 
 def test_state_dict_names_match_transformers(hf_model, hf_dir):
@@ -103,27 +101,35 @@ def test_greedy_32_tokens_identical_to_transformers(hf_model, hf_dir, penalty):
         assert len(set(expected)) > 5  # precondition: not one repeated token
 
 
-def test_padded_rows_are_never_sampled(hf_dir):
-    """Make the padding rows' logits the largest of all: generation must still skip them."""
+def test_padding_rows_never_leave_the_model(hf_dir):
+    """Padding rows made the most attractive of all change no logit, loss or generated token."""
     model = load_model(hf_dir)
+    assert model.transformer.wte.weight.shape[0] == model.config.padded_vocab_size == 50304
+    idx = torch.tensor([[464, 318, 257], [15496, 11, 995]])
+    prompts = [[464], [15496, 11, 995]]
+    configs = (
+        GenerationConfig(max_new_tokens=8, eos_token_id=None),
+        GenerationConfig(max_new_tokens=8, eos_token_id=None, do_sample=True, temperature=50.0),
+        GenerationConfig(max_new_tokens=8, do_sample=True, top_k=200, top_p=0.99, seed=2),
+    )
+
+    def observe():
+        with torch.no_grad():
+            logits, loss = model(idx, idx.roll(-1, 1))
+        seeded = [GenerationConfig(**{**c.__dict__, "seed": 7}) for c in configs]
+        return logits, loss, [generate(model, prompts, c) for c in seeded]
+
+    before = observe()
     with torch.no_grad():
         ln_f = model.transformer.ln_f
-        ln_f.weight.zero_()  # every position's final hidden state becomes ln_f.bias
         direction = ln_f.bias / ln_f.bias.norm()
-        model.transformer.wte.weight[GPT2_VOCAB_SIZE:] = 100 * direction
-        logits, _ = model(torch.tensor([[464, 318]]))
-    assert (logits.argmax(-1) >= GPT2_VOCAB_SIZE).all()  # unmasked, padding would win
-    prompts = [[464], [15496, 11, 995]]
-    for cfg in (
-        GenerationConfig(max_new_tokens=8, eos_token_id=None),
-        GenerationConfig(max_new_tokens=8, eos_token_id=None, do_sample=True, seed=0),
-        GenerationConfig(
-            max_new_tokens=8, eos_token_id=None, do_sample=True, temperature=50.0, seed=1
-        ),
-        GenerationConfig(max_new_tokens=8, do_sample=True, top_k=200, top_p=0.99, seed=2),
-    ):
-        for row in generate(model, prompts, cfg):
-            assert row and max(row) < GPT2_VOCAB_SIZE
+        model.transformer.wte.weight[GPT2_VOCAB_SIZE:] = 1000 * direction
+        raw = model.lm_head(ln_f(torch.zeros(1, model.config.n_embd)))
+    assert raw.argmax(-1).item() >= GPT2_VOCAB_SIZE  # precondition: a padding row would win
+    after = observe()
+    assert before[0].shape[-1] == GPT2_VOCAB_SIZE
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert before[2] == after[2]
 
 
 def test_hub_layout_without_transformer_prefix(hf_model, hf_dir, tmp_path):

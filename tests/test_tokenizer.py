@@ -90,11 +90,15 @@ def test_batch_encode_equals_single(tok):
     assert tok.encode_batch(texts, num_threads=4) == single
 
 
-def test_decode_round_trip_and_padded_ids(tok):
+def test_decode_round_trip_and_out_of_vocabulary_ids(tok):
     for text in TEXTS:
         assert tok.decode(tok.encode(text)) == text
     ids = tok.encode("hello world")
-    assert tok.decode([ids[0], 50257, 50303, ids[1]]) == "hello world"  # padding decodes to ""
+    for bad in (50257, -1):  # no model emits these: a caller passing one has a bug
+        with pytest.raises(ValueError, match=f"outside the vocabulary.*{bad}"):
+            tok.decode([ids[0], bad])
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            list(tok.decode_stream([ids[0], bad]))
 
 
 def test_decode_stream_holds_back_partial_characters(tok):

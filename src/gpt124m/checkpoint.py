@@ -1,14 +1,17 @@
 """Model directories: `config.json` + `model.safetensors` (+ tokenizer files).
 
 One loader, `load_model`, accepts every source a command's `--model` takes: our own directories,
-Hugging Face GPT-2 directories and hub ids. Nothing is ever unpickled: weights come from
-safetensors, or from `torch.load(weights_only=True)` for old GPT-2 `.bin` files.
+Hugging Face GPT-2 directories, the seed's own published format (`custom_gpt`) and hub ids of
+either. Nothing is ever unpickled: weights come from safetensors, or from
+`torch.load(weights_only=True)` for `.bin` files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +20,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt124m.atomic import atomic_path, atomic_write_text
-from gpt124m.config import ModelConfig
+from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
 from gpt124m.model import GPT
 
+log = logging.getLogger(__name__)
+
 FORMAT = "gpt124m"
-FORMAT_VERSION = 1
+# 2: `model.vocab_size` is the tokenizer's vocabulary and the padding is `vocab_multiple`;
+# 1 stored the padded row count as `vocab_size` (still read).
+FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TIED_KEYS = ("lm_head.weight",)  # stored once, as transformer.wte.weight
@@ -82,12 +89,30 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor], source: Path) -> GPT:
-    """Instantiate without random init (meta device) and assign the loaded tensors."""
+    """Instantiate without random init (meta device) and assign the loaded tensors.
+
+    The token embedding may come with the padded row count or with exactly `vocab_size` rows (a
+    GPT-2 checkpoint); missing padding rows are zeros, which no output ever reads. A stored
+    `lm_head.weight` must equal the embedding: the head is tied, and an untied one is refused
+    rather than silently replaced.
+    """
+    state_dict = dict(state_dict)
+    head = state_dict.pop("lm_head.weight", None)
+    wte = state_dict.get("transformer.wte.weight")
+    if head is not None and (wte is None or head.shape != wte.shape or not torch.equal(head, wte)):
+        raise ValueError(
+            f"{source}: lm_head.weight differs from transformer.wte.weight (an untied output "
+            "head); gpt124m models tie them, so this checkpoint is not supported"
+        )
+    rows = config.padded_vocab_size
+    if wte is not None and wte.dim() == 2 and wte.size(0) == config.vocab_size < rows:
+        pad = wte.new_zeros(rows - wte.size(0), wte.size(1))
+        state_dict["transformer.wte.weight"] = torch.cat([wte, pad])
     with torch.device("meta"):
         model = GPT(config)
     expected = {k: v.shape for k, v in model.state_dict().items() if k not in TIED_KEYS}
     missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected) - set(TIED_KEYS))
+    unexpected = sorted(set(state_dict) - set(expected))
     wrong = sorted(
         f"{k} {tuple(state_dict[k].shape)} != {tuple(s)}"
         for k, s in expected.items()
@@ -104,21 +129,54 @@ def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor], source
             if part
         )
         raise ValueError(f"{source}: weights do not match the config ({detail})")
-    state = {k: v for k, v in state_dict.items() if k not in TIED_KEYS}
-    model.load_state_dict(state, strict=False, assign=True)
+    model.load_state_dict(state_dict, strict=False, assign=True)
     model.lm_head.weight = model.transformer.wte.weight
     return model
 
 
+def config_for_rows(rows: int, **shape: int) -> ModelConfig:
+    """The config of a checkpoint that stores `rows` embedding rows and reads GPT-2 BPE.
+
+    Formats that record only the row count (the seed's, our version 1) padded GPT-2's 50,257
+    ids; fewer rows mean a smaller vocabulary with no padding.
+    """
+    if rows < GPT2_VOCAB_SIZE:
+        return ModelConfig(vocab_size=rows, vocab_multiple=1, **shape)
+    multiple = 64 if ModelConfig(**shape).padded_vocab_size == rows else rows
+    return ModelConfig(vocab_size=GPT2_VOCAB_SIZE, vocab_multiple=multiple, **shape)
+
+
+def load_torch_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A `pytorch_model.bin` read with `weights_only=True`: tensors only, never code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path}: refused: the pickle holds more than tensors, and gpt124m never runs code "
+            "from a weights file (convert it to safetensors with a tool you trust)"
+        ) from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: unreadable weights file ({first})") from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path}: not a state dict of named tensors")
+    return state
+
+
 def native_config(model_dir: Path, config_data: dict[str, Any]) -> ModelConfig:
     version = config_data.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in (1, FORMAT_VERSION):
         raise ValueError(
             f"{model_dir / CONFIG_NAME}: format_version {version!r} is not supported "
-            f"(this gpt124m reads {FORMAT_VERSION})"
+            f"(this gpt124m reads 1 to {FORMAT_VERSION})"
         )
     try:
-        return ModelConfig.from_dict(config_data["model"])
+        fields = dict(config_data["model"])
+        if version == 1:  # vocab_size was the padded row count
+            return config_for_rows(fields.pop("vocab_size"), **fields)
+        return ModelConfig.from_dict(fields)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{model_dir / CONFIG_NAME}: bad model config ({e})") from None
 
@@ -126,7 +184,10 @@ def native_config(model_dir: Path, config_data: dict[str, Any]) -> ModelConfig:
 def resolve_source(source: str | os.PathLike, *, config_only: bool = False) -> Path:
     """A local directory as is; otherwise a Hugging Face hub id, downloaded into the HF cache.
 
-    `config_only` fetches just `config.json` from the hub (enough to describe a model).
+    Anything that looks local (a path that starts with `.`, `/` or `~`, or whose first part is
+    a local directory) or is a bare name (a preset such as `gpt2`, or a typo) fails at once with
+    one line, without touching the network. `config_only` fetches just `config.json` from the
+    hub (enough to describe a model).
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -134,21 +195,48 @@ def resolve_source(source: str | os.PathLike, *, config_only: bool = False) -> P
     text = str(source)
     if path.exists():
         raise NotADirectoryError(f"{source}: not a model directory (it is a file)")
-    if text.startswith((".", "/", "~")) or not _is_repo_id(text):
-        raise FileNotFoundError(f"{source}: not a model directory (no such directory)")
+    if "/" not in text.strip("/") and not text.startswith((".", "/", "~")):
+        from gpt124m.config import PRESETS
+
+        if text in PRESETS:
+            raise FileNotFoundError(
+                f"{source}: is a preset (an untrained shape), not a trained model; pass a model "
+                "directory or a hub id such as openai-community/gpt2"
+            )
+        raise FileNotFoundError(
+            f"{source}: no such model directory, and not a hub id (hub ids read owner/name, "
+            "e.g. openai-community/gpt2)"
+        )
+    first = Path(text.split("/", 1)[0]).expanduser()
+    if text.startswith((".", "/", "~")) or first.is_dir() or not _is_repo_id(text):
+        raise FileNotFoundError(f"{source}: no such model directory")
+    return _download(text, config_only=config_only)
+
+
+def _download(repo_id: str, *, config_only: bool) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = (
-        [CONFIG_NAME]
-        if config_only
-        else ["*.json", "*.safetensors", "*.py", "*.txt", "*.md", "*.png"]
-    )
     try:
-        return Path(snapshot_download(text, allow_patterns=patterns))
+        if config_only:
+            return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME]))
+        patterns = [CONFIG_NAME, "*.json", "*.py", "*.txt", "*.md", "*.png", "*.safetensors"]
+        local = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        if not any(local.glob("*.safetensors")):  # older repos, and the seed's, ship only a .bin
+            local = Path(
+                snapshot_download(repo_id, allow_patterns=[*patterns, "pytorch_model.bin"])
+            )
+        return local
     except Exception as e:
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        if isinstance(e, LocalEntryNotFoundError):
+            reason = "the Hub is unreachable (offline?) and it is not in the local cache"
+        else:
+            lines = str(e).strip().splitlines()
+            reason = f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
         raise FileNotFoundError(
-            f"{source}: not a local directory, and downloading it from the Hugging Face Hub "
-            f"failed ({type(e).__name__}: {e})"
+            f"{repo_id}: no such local directory, and downloading it from the Hugging Face Hub "
+            f"failed ({reason})"
         ) from None
 
 
@@ -165,11 +253,12 @@ def _is_repo_id(text: str) -> bool:
 def _source_kind(model_dir: Path, data: dict[str, Any]) -> str:
     if data.get("format") == FORMAT:
         return "native"
-    if data.get("model_type") == "gpt2":
-        return "gpt2"
+    if data.get("model_type") in ("gpt2", "custom_gpt"):
+        return data["model_type"]
     raise ValueError(
-        f"{model_dir / CONFIG_NAME}: unrecognised model directory (neither a gpt124m "
-        f"directory nor a GPT-2 checkpoint; model_type={data.get('model_type')!r})"
+        f"{model_dir / CONFIG_NAME}: unrecognised model directory (not a gpt124m directory, a "
+        f"GPT-2 checkpoint or the seed's custom_gpt format; model_type="
+        f"{data.get('model_type')!r})"
     )
 
 
@@ -177,8 +266,13 @@ def model_config(source: str | os.PathLike) -> ModelConfig:
     """The ModelConfig of any model source, without reading (or downloading) its weights."""
     model_dir = resolve_source(source, config_only=True)
     data = read_config(model_dir)
-    if _source_kind(model_dir, data) == "native":
+    kind = _source_kind(model_dir, data)
+    if kind == "native":
         return native_config(model_dir, data)
+    if kind == "custom_gpt":
+        from gpt124m.hf.seed import config_from_seed
+
+        return config_from_seed(data, model_dir / CONFIG_NAME)
     from gpt124m.hf.gpt2 import config_from_gpt2
 
     return config_from_gpt2(data, model_dir / CONFIG_NAME)
@@ -193,12 +287,34 @@ def load_model(
     """Load any supported model source, in eval mode, on `device` (and `dtype` if given)."""
     model_dir = resolve_source(source)
     data = read_config(model_dir)
-    if _source_kind(model_dir, data) == "native":
+    kind = _source_kind(model_dir, data)
+    if kind == "native":
         weights = model_dir / WEIGHTS_NAME
         model = build_model(native_config(model_dir, data), load_safetensors(weights), weights)
+    elif kind == "custom_gpt":
+        from gpt124m.hf.seed import load_seed_dir
+
+        model = load_seed_dir(model_dir, data)
     else:
         from gpt124m.hf.gpt2 import load_gpt2_dir
 
         model = load_gpt2_dir(model_dir, data)
     model.to(device=device, dtype=dtype)
     return model.eval()
+
+
+def load_for_training(source: str | os.PathLike) -> GPT:
+    """Load any source with float32 master weights, whatever dtype it was stored in.
+
+    Optimizer updates on bf16/fp16 weights round small steps away; autocast, not the stored
+    dtype, decides the precision of the compute.
+    """
+    model = load_model(source)
+    stored = next(model.parameters()).dtype
+    model.float()
+    log.info(
+        "loaded %s (%s weights): training float32 master weights",
+        source,
+        str(stored).removeprefix("torch."),
+    )
+    return model.train()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-GPT2_VOCAB_SIZE = 50257  # real GPT-2 BPE vocabulary; ids >= this are padding rows
-PADDED_VOCAB_SIZE = 50304  # next multiple of 64: faster matmuls, never sampled
+GPT2_VOCAB_SIZE = 50257  # GPT-2's BPE vocabulary: the ids a model reads and predicts
+VOCAB_MULTIPLE = 64  # embedding rows are padded to a multiple of this (50257 -> 50304) for speed
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,12 @@ class ModelConfig:
     n_head: int = 12
     n_embd: int = 768
     block_size: int = 1024
-    vocab_size: int = PADDED_VOCAB_SIZE
+    vocab_size: int = GPT2_VOCAB_SIZE
+    vocab_multiple: int = VOCAB_MULTIPLE
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "vocab_multiple"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
@@ -40,19 +41,28 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """Embedding rows: `vocab_size` rounded up to `vocab_multiple`, private to the model.
+
+        The extra rows only make the output matmul a friendlier shape; their logits are cut off
+        inside `GPT.forward`, so no id >= `vocab_size` is ever scored, predicted or sampled.
+        """
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
     def num_params(self, *, include_embeddings: bool = True) -> int:
         """Exact parameter count (lm_head is tied to wte, so it adds nothing)."""
         d = self.n_embd
         per_layer = 12 * d * d + 13 * d  # ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj
         total = self.n_layer * per_layer + 2 * d  # + ln_f
         if include_embeddings:
-            total += self.vocab_size * d + self.block_size * d
+            total += self.padded_vocab_size * d + self.block_size * d
         return total
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward): 6N plus the attention term (PaLM, app. B)."""
         t = seq_len or self.block_size
-        n = self.num_params(include_embeddings=False) + self.vocab_size * self.n_embd
+        n = self.num_params(include_embeddings=False) + self.padded_vocab_size * self.n_embd
         return 6 * n + 12 * self.n_layer * self.n_embd * t
 
     def memory_bytes(self) -> dict[str, int]:
@@ -135,6 +145,8 @@ def describe(config: ModelConfig) -> str:
     mem = config.memory_bytes()
     lines = [f"{k:>12}: {v}" for k, v in config.to_dict().items()]
     lines += [
+        f"{'embed rows':>12}: {config.padded_vocab_size:,} (vocab_size padded to a multiple of "
+        f"{config.vocab_multiple}; never predicted)",
         f"{'parameters':>12}: {config.num_params():,}",
         f"{'non-embed':>12}: {config.num_params(include_embeddings=False):,}",
         f"{'fp32 weights':>12}: {_gib(mem['fp32_weights'])}",

@@ -2,8 +2,8 @@
 
 Semantics follow transformers so numbers and habits carry over: repetition penalty, then
 temperature, then top-k, then top-p; `max_length` counts the prompt, `max_new_tokens` does not
-(and wins when both are set); `do_sample=False` (or temperature 0) is greedy. Ids in the padded
-part of the vocabulary (>= 50257) can never be produced.
+(and wins when both are set); `do_sample=False` (or temperature 0) is greedy. The model's logits
+cover exactly its vocabulary, so every id produced is one the tokenizer knows.
 
 Prompt plus new tokens may not exceed the model's block size: that raises `ValueError` rather
 than silently sliding a window, since a window changes what the model conditions on.
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt124m.config import GPT2_VOCAB_SIZE
 from gpt124m.model import GPT, KVCache
 from gpt124m.tokenizer import EOT_ID, Tokenizer
 
@@ -105,8 +104,6 @@ def decode_steps(
     model: GPT,
     prompts: Sequence[Sequence[int]],
     cfg: GenerationConfig,
-    *,
-    vocab_size: int = GPT2_VOCAB_SIZE,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield `(tokens [B], finished [B])` once per step.
 
@@ -129,7 +126,6 @@ def decode_steps(
         )
     if budget == 0:
         return
-    vocab_limit = min(vocab_size, model.config.vocab_size)
     generator = None
     if not cfg.greedy:
         generator = torch.Generator(device=device)
@@ -138,14 +134,17 @@ def decode_steps(
         else:
             generator.manual_seed(cfg.seed)
     eos = cfg.eos_token_id
-    filler = torch.tensor(eos if eos is not None else EOT_ID, device=device)
+    vocab = model.config.vocab_size
+    # Finished rows and left padding are fed to the model (masked), so they need a real id.
+    pad_id = eos if eos is not None and 0 <= eos < vocab else min(EOT_ID, vocab - 1)
+    filler = torch.tensor(pad_id, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
 
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            ids, mask = _left_pad(prompts, longest, device)
+            ids, mask = _left_pad(prompts, longest, device, pad_id)
             attention_mask = None if bool(mask.all()) else mask
             seen = None
             if cfg.repetition_penalty != 1.0:
@@ -157,7 +156,7 @@ def decode_steps(
             logits, _ = model(ids, attention_mask=attention_mask, cache=cache, last_only=True)
         for step in range(budget):
             with torch.inference_mode():
-                tokens = _next_tokens(logits[:, -1, :], cfg, seen, generator, vocab_limit)
+                tokens = _next_tokens(logits[:, -1, :], cfg, seen, generator)
             tokens = torch.where(finished, filler, tokens)
             yield tokens, finished
             if eos is not None:
@@ -175,9 +174,9 @@ def decode_steps(
 
 
 def _left_pad(
-    prompts: Sequence[Sequence[int]], length: int, device: torch.device
+    prompts: Sequence[Sequence[int]], length: int, device: torch.device, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.full((len(prompts), length), EOT_ID, dtype=torch.long)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), length), dtype=torch.bool)
     for i, p in enumerate(prompts):
         ids[i, length - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
@@ -190,13 +189,9 @@ def _next_tokens(
     cfg: GenerationConfig,
     seen: torch.Tensor | None,
     generator: torch.Generator | None,
-    vocab_limit: int,
 ) -> torch.Tensor:
-    """One token per row from [B, V] logits; ids >= `vocab_limit` (padding rows) are excluded."""
-    scores = logits[:, :vocab_limit].float()
-    if seen is not None:
-        seen = seen[:, :vocab_limit]
-    scores = process_logits(scores, cfg, seen)
+    """One token per row from [B, V] logits."""
+    scores = process_logits(logits.float(), cfg, seen)
     if cfg.greedy:
         return scores.argmax(dim=-1)
     probs = scores.softmax(dim=-1)
@@ -207,12 +202,10 @@ def generate(
     model: GPT,
     prompts: Sequence[Sequence[int]],
     cfg: GenerationConfig,
-    *,
-    vocab_size: int = GPT2_VOCAB_SIZE,
 ) -> list[list[int]]:
     """New token ids for each prompt; the EOS that ended a row is not included."""
     out: list[list[int]] = [[] for _ in prompts]
-    for tokens, finished in decode_steps(model, prompts, cfg, vocab_size=vocab_size):
+    for tokens, finished in decode_steps(model, prompts, cfg):
         for i, (t, done) in enumerate(zip(tokens.tolist(), finished.tolist(), strict=True)):
             if not done and t != cfg.eos_token_id:
                 out[i].append(t)
@@ -241,7 +234,7 @@ def generate_text(
     """Batched text-in, text-out generation; each completion is cut at the first stop string."""
     encoded = [tokenizer.encode(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
-    for tokens, finished in decode_steps(model, encoded, cfg, vocab_size=tokenizer.n_vocab):
+    for tokens, finished in decode_steps(model, encoded, cfg):
         for i, t in enumerate(tokens.tolist()):
             if finished[i] or t == cfg.eos_token_id:
                 continue
@@ -268,7 +261,7 @@ def stream_text(
     ids: list[int] = []
     emitted = 0
     prompt_ids = [tokenizer.encode(prompt)]
-    for tokens, _ in decode_steps(model, prompt_ids, cfg, vocab_size=tokenizer.n_vocab):
+    for tokens, _ in decode_steps(model, prompt_ids, cfg):
         t = int(tokens[0])
         if t == cfg.eos_token_id:
             break

@@ -4,6 +4,10 @@ Pre-LayerNorm decoder blocks with fused qkv, causal scaled-dot-product attention
 MLP, biases everywhere and an lm_head tied to the token embedding. Parameter names follow GPT-2's
 checkpoint layout so weights move in and out without renaming tables.
 
+The vocabulary is padded to a multiple of 64 rows (50257 -> 50304) for faster matmuls, and that
+is private: logits leave `forward` with exactly `config.vocab_size` columns, so no caller (loss,
+sampling, HellaSwag, export) ever sees, scores or samples a padding id.
+
 The optional `KVCache` makes decoding cost one token of compute per step. `attention_mask` (1 = real
 token, 0 = padding) supports left-padded batches: positions count only real tokens, and padded keys
 are never attended to, so each row computes exactly what it would alone.
@@ -90,14 +94,14 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 ln_f=nn.LayerNorm(config.n_embd),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
 
@@ -149,6 +153,8 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (logits, loss). Targets equal to IGNORE_INDEX (-100) are ignored by the loss.
 
+        Logits have `config.vocab_size` columns: the padding rows never leave the model.
+
         With `cache`, `idx` holds only the new tokens and `attention_mask` covers the cache plus
         them. `last_only` computes logits for the final position only (all that sampling needs).
         """
@@ -182,13 +188,20 @@ class GPT(nn.Module):
             cache.advance(T)
         x = self.transformer.ln_f(x)
         if targets is None:
-            logits = self.lm_head(x[:, -1:, :] if last_only else x)
-            return logits, None
-        logits = self.lm_head(x)
+            return self._logits(x[:, -1:, :] if last_only else x), None
+        logits = self._logits(x)
         loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
+            logits.float().reshape(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
         )
         return logits, loss
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The head over every row, then only the real vocabulary's columns."""
+        logits = self.lm_head(x)
+        vocab = self.config.vocab_size
+        return logits if logits.size(-1) == vocab else logits[..., :vocab]
 
 
 def _padded_causal_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:

@@ -18,27 +18,36 @@ log = logging.getLogger(__name__)
 
 
 def run_quickstart(
-    out_dir: str = "runs/quickstart", *, max_steps: int | None = None
+    out_dir: str = "runs/quickstart",
+    *,
+    max_steps: int | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
+    """`precision` None keeps the recipe's `auto` (bf16 where the CPU runs it natively)."""
     from gpt124m.data.prepare import PrepareConfig, prepare
     from gpt124m.generate import GenerationConfig, generate_text
     from gpt124m.tokenizer import get_tokenizer
     from gpt124m.train.trainer import pretrain
 
     out = Path(out_dir)
+    data_dir = out / "data"
+    cfg = TrainConfig(**load_recipe("quickstart"))
+    cfg = dataclasses.replace(cfg, data_dir=str(data_dir), out_dir=str(out))
+    if max_steps is not None:
+        cfg = dataclasses.replace(cfg, max_steps=max_steps)
+    if precision is not None:
+        cfg = dataclasses.replace(cfg, precision=precision)
+    cfg.validate()  # bad settings stop here, before the previous run is touched
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out-dir {out}: a file, not a directory")
     if (out / "checkpoints").exists():
         log.info("replacing the previous quickstart run in %s", out)
         shutil.rmtree(out / "checkpoints")
-    data_dir = out / "data"
     prepare(
         PrepareConfig(
             source="builtin", out_dir=str(data_dir), shard_tokens=1_000_000, val_tokens=65_536
         )
     )
-    cfg = TrainConfig(**load_recipe("quickstart"))
-    cfg = dataclasses.replace(cfg, data_dir=str(data_dir), out_dir=str(out))
-    if max_steps is not None:
-        cfg = dataclasses.replace(cfg, max_steps=max_steps)
     summary = pretrain(cfg)
 
     from gpt124m.checkpoint import load_model

@@ -82,8 +82,15 @@ class Tokenizer:
         return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Decode ids; padded-vocabulary ids (>= 50257) decode to nothing rather than crash."""
-        return self._enc.decode([int(i) for i in ids if 0 <= int(i) < self.n_vocab])
+        """Decode ids; an id outside the vocabulary is a caller's bug and raises ValueError."""
+        ids = [int(i) for i in ids]
+        self._check_ids(ids)
+        return self._enc.decode(ids)
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        bad = [i for i in ids if not 0 <= i < self.n_vocab]
+        if bad:
+            raise ValueError(f"token ids outside the vocabulary [0, {self.n_vocab}): {bad[:5]}")
 
     def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
         """Yield text as ids arrive, holding back bytes until they form whole UTF-8 characters.
@@ -93,8 +100,7 @@ class Tokenizer:
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for i in ids:
             i = int(i)
-            if not 0 <= i < self.n_vocab:
-                continue
+            self._check_ids([i])
             text = utf8.decode(self._enc.decode_single_token_bytes(i))
             if text:
                 yield text

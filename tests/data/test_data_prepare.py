@@ -221,7 +221,7 @@ def test_empty_documents_are_skipped_and_counted(tmp_path):
         ("parquet", {"text_field": "body"}, ValueError, "missing text field 'body'"),
         ("bad_json", {}, ValueError, "not valid JSON"),
         ("unsupported", {}, ValueError, "unsupported file type"),
-        ("jsonl", {"val_tokens": 10**6}, ValueError, "all went to validation"),
+        ("jsonl", {"val_tokens": 10**6}, ValueError, "nothing is left to train on"),
         ("jsonl", {"shard_tokens": 0}, ValueError, "shard_tokens must be >= 1"),
         ("jsonl", {"out": "file/sub"}, ValueError, "not writable"),
     ],
@@ -308,3 +308,98 @@ def test_cli_prepare(tmp_path):
         timeout=120,
     )
     assert bad.returncode == 2 and "gpt124m prepare: error: source not found" in bad.stderr
+
+
+def run_cli(*args, timeout=120):
+    cmd = [sys.executable, "-m", "gpt124m", "prepare", "--workers", "2", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_default_validation_split_fits_a_source_smaller_than_one_shard(tmp_path):
+    """The default (one shard of 100M tokens) on a small source: a tenth goes to validation."""
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    want = expected_tokens(DOCS)
+    result = run_cli("--source", tmp_path / "a.jsonl", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["splits"]["val"]["tokens"] == len(want) // 10
+    assert manifest["splits"]["train"]["tokens"] == len(want) - len(want) // 10
+    assert np.array_equal(all_tokens(tmp_path / "out", manifest), want)
+    assert "go to validation" in result.stderr
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_default_split_at_the_shard_boundary(tmp_path, extra):
+    """A source of exactly one shard is still split; one token more gives a whole val shard."""
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    n = len(expected_tokens(DOCS))
+    config = cfg(tmp_path / "a.jsonl", tmp_path / "out", val_tokens=None, shard_tokens=n - extra)
+    manifest = prepare(config)
+    if extra:
+        assert manifest["splits"]["val"] == {"tokens": n - 1, "shards": 1}
+        assert manifest["splits"]["train"] == {"tokens": 1, "shards": 1}
+    else:
+        assert manifest["splits"]["val"]["tokens"] == n // 10
+        assert manifest["splits"]["train"]["tokens"] == n - n // 10
+
+
+def test_default_split_under_max_tokens(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    manifest = prepare(cfg(tmp_path / "a.jsonl", tmp_path / "out", val_tokens=None, max_tokens=500))
+    assert manifest["splits"]["val"]["tokens"] == 50
+    assert manifest["splits"]["train"]["tokens"] == 450
+
+
+def test_default_split_resumes_from_the_val_shard(tmp_path):
+    """The val shard of a split records where the stream stood at its end: a damaged train shard
+    is redone from there, byte for byte."""
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    src, out = tmp_path / "a.jsonl", tmp_path / "out"
+    reference = prepare(cfg(src, out, val_tokens=None, shard_tokens=10_000))
+    train = out / reference["shards"][1]["name"]
+    before = train.read_bytes()
+    train.write_bytes(before[:100])
+    assert prepare(cfg(src, out, val_tokens=None, shard_tokens=10_000)) == reference
+    assert train.read_bytes() == before
+    end = reference["shards"][0]["end"]
+    tok = get_tokenizer()
+    covered = sum(1 + len(tok.encode(d)) for d in DOCS[: end["document"]]) + end["offset"]
+    assert covered == reference["shards"][0]["tokens"]
+
+
+def test_failed_runs_leave_nothing_that_blocks_a_retry(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    out = tmp_path / "data" / "small"
+    # val shards are written before the source runs out: they are removed with the manifest
+    bad = run_cli("--source", tmp_path / "a.jsonl", "--out", out, "--shard-tokens", 200,
+                  "--val-tokens", 10**6)  # fmt: skip
+    assert bad.returncode == 2 and "nothing is left to train on" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert not (tmp_path / "data").exists(), "the run created data/small and must remove both"
+    good = run_cli("--source", tmp_path / "a.jsonl", "--out", out, "--val-tokens", 30)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["splits"]["val"]["tokens"] == 30
+
+    (tmp_path / "empty.txt").write_text("")
+    empty = run_cli("--source", tmp_path / "empty.txt", "--out", tmp_path / "from-empty")
+    assert empty.returncode == 2 and "empty source" in empty.stderr
+    assert not (tmp_path / "from-empty").exists()
+
+
+def test_a_directory_the_user_made_is_kept(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError, match="empty source"):
+        prepare(cfg(tmp_path / "empty.txt", tmp_path / "mine"))
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
+
+
+def test_a_manifest_of_the_old_default_is_still_recognised(tmp_path):
+    """Earlier versions recorded the default validation size as the shard size."""
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    out = tmp_path / "out"
+    first = prepare(cfg(tmp_path / "a.jsonl", out, val_tokens=None, shard_tokens=100))
+    assert first["settings"]["val_tokens"] == "auto"
+    old = {**first, "settings": {**first["settings"], "val_tokens": 100}}
+    (out / "manifest.json").write_text(json.dumps(old))
+    assert prepare(cfg(tmp_path / "a.jsonl", out, val_tokens=None, shard_tokens=100)) == old

@@ -179,3 +179,30 @@ def test_cli_template_needs_an_instruct_model(demo_models, capsys):
     code = main(["demo", "--model", str(demo_models[0]), "--template", "alpaca"])
     assert code == 2
     assert "--template applies to --instruct-model" in capsys.readouterr().err
+
+
+def test_models_are_named_by_run_or_repo(demo_models, tmp_path, monkeypatch, caplog):
+    """`gpt124m demo --model runs/quickstart/model` shows "quickstart", not "model"."""
+    pytest.importorskip("gradio")
+    import shutil
+
+    from gpt124m.demo import app
+    from gpt124m.demo.backend import display_name
+
+    run = tmp_path / "runs" / "quickstart"
+    shutil.copytree(demo_models[0], run / "model")
+    shutil.copytree(demo_models[0], run / "checkpoints" / "step_0000080")
+    shutil.copytree(demo_models[1], tmp_path / "my-instruct")
+    launched = {}
+    monkeypatch.setattr(app, "launch", lambda a, **kw: launched.update(app=a))
+    argv = ["demo", "--model", str(run / "model"), "--device", "cpu"]
+    with caplog.at_level("INFO", logger="gpt124m.cli.demo"):
+        assert main([*argv, "--instruct-model", str(tmp_path / "my-instruct")]) == 0
+    assert launched
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "completion model: Model quickstart;" in said
+    assert "instruct model (alpaca template): Model my-instruct;" in said
+    assert display_name(str(run / "checkpoints" / "step_0000080")) == "quickstart (step 80)"
+    assert display_name("samkeet/GPT_124M") == "samkeet/GPT_124M"
+    monkeypatch.chdir(run)
+    assert display_name("model") == "quickstart"

@@ -1,5 +1,8 @@
 import json
+import os
+import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -32,9 +35,14 @@ def test_cli_writes_results_table_chart_and_predictions(tmp_path, model_dir, jso
         "| GPT-2 124M | harness | 0.3114 |",
         "| GPT-3 Small (125M) | paper | 0.3370 |",
         "| Seed GPT-124M | completion | 0.3315 |",
-        f"| completion | {expected['completion']['acc_norm']:.4f} | {expected['completion']['acc']:.4f} | 5 |",
     ):
         assert line in table
+    ours = next(x for x in table.splitlines() if x.startswith("| **") and "| completion |" in x)
+    cells = [c.strip() for c in ours.strip("|").split("|")]
+    assert cells[2] == f"{expected['completion']['acc_norm']:.4f}"
+    lo, hi = map(float, cells[3].split("–"))
+    assert lo <= expected["completion"]["acc_norm"] <= hi and hi - lo > 0.3  # 5 items: wide
+    assert cells[4:6] == [f"{expected['completion']['acc']:.4f}", "n = 5"]
     assert (out / "hellaswag_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stdout = capsys.readouterr().out
     assert table in stdout
@@ -95,3 +103,34 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, model_dir, make_rows, make_p
                 b[conv]["pred_norm"],
             )
             np.testing.assert_allclose(a[conv][key], b[conv][key], rtol=1e-6)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "no network"])
+def test_offline_without_data_fails_at_once_in_one_line(tmp_path, offline):
+    """No cached copy and no Hub: one line that says to pass --data, not a minute of retries."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "PROXY" not in k}
+    env.update(HF_HOME=str(tmp_path / "hf"), PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    if offline == "HF_HUB_OFFLINE":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:  # nothing listens there: the connection is refused, as with no network
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt124m", "eval", "hellaswag", "--model", "nano", "--limit", "5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gpt124m eval: error: HellaSwag (Rowan/hellaswag) is not in the")
+    assert "pass --data FILE" in lines[0]
+    assert ("HF_HUB_OFFLINE is set" if offline == "HF_HUB_OFFLINE" else "127.0.0.1") in lines[0]

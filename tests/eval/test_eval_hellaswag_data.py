@@ -174,6 +174,8 @@ def fake_hub(monkeypatch, tmp_path, rows, make_parquet):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    # the offline check sees this hub's state, not the machine's (or CI's HF_HUB_OFFLINE)
+    monkeypatch.setattr(hs, "hub_unreachable", lambda: None if hub["online"] else "offline")
     return hub
 
 

@@ -80,7 +80,7 @@ def test_usage_snippets_name_the_repo_and_the_promised_calls(run_record):
     assert f"```python\n{pipe}```" in card and f"```python\n{generate}```" in card
     assert 'AutoTokenizer.from_pretrained("alice/gpt124m-fineweb", trust_remote_code=True)' in pipe
     assert 'pipeline(\n    "text-generation", model="alice/gpt124m-fineweb"' in pipe
-    for arg in ("do_sample=True", "max_length=40", "temperature=0.9", "top_p=0.5", "top_k=50"):
+    for arg in ("do_sample=True", "max_new_tokens=30", "temperature=0.9", "top_p=0.5", "top_k=50"):
         assert arg in pipe
     assert 'device="cpu"' in pipe
     assert "AutoModelForCausalLM.from_pretrained(" in generate and "model.generate(" in generate
@@ -104,3 +104,26 @@ def test_exported_card_uses_the_run_record(remote_dir, run_record, repo_ids):
     repo = repo_ids["remote_dir"]
     assert f'AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)' in body
     assert f"# {repo.split('/')[1]}" in body
+    assert "Run type: pretraining." in body
+    assert meta["co2_eq_emissions"]["training_type"] == "pre-training"
+
+
+def test_local_paths_and_seeds_are_written_for_a_public_card(run_record, tmp_path):
+    training = {
+        **run_record["training"],
+        "seed": 1337,
+        "out_dir": str(tmp_path / "runs" / "lora"),
+        "base_model": str(tmp_path / "runs" / "quickstart" / "model"),
+        "data": "my.jsonl",
+        "method": "lora",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "merge": False,
+    }
+    card = render_card(full_info(run_record, training=training))
+    _, body = split_card(card)
+    assert str(tmp_path) not in card
+    assert "| `seed` | 1337 |" in body and "| `data` | my.jsonl |" in body
+    assert "| `out_dir` | .../runs/lora |" in body
+    assert "fine-tuned from the local model `.../quickstart/model` (LoRA" in body
+    assert "Run type: LoRA fine-tuning (r 4, alpha 8)." in body

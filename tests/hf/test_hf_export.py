@@ -41,7 +41,7 @@ def test_remote_code_directory_has_everything_transformers_needs(remote_dir, nat
     c = native_model.config
     shape = (c.n_layer, c.n_head, c.n_embd)
     assert (config["n_layer"], config["n_head"], config["n_embd"]) == shape
-    assert (config["n_positions"], config["vocab_size"]) == (c.block_size, c.vocab_size)
+    assert (config["n_positions"], config["vocab_size"]) == (c.block_size, c.padded_vocab_size)
     assert config["tokenizer_vocab_size"] == GPT2_VOCAB_SIZE
     assert config["torch_dtype"] == "float32"
     for name in REMOTE_FILES:
@@ -190,7 +190,7 @@ def test_export_rejects_bad_input(native_dir, tmp_path):
         export(native_dir, tmp_path / "a", fmt="onnx")
     with pytest.raises(ValueError, match="source model directory"):
         export(native_dir, native_dir, force=True)
-    with pytest.raises(FileNotFoundError, match="not a model directory"):
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
         export(tmp_path / "missing", tmp_path / "b")
 
 

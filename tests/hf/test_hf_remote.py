@@ -50,7 +50,7 @@ def test_logits_equal_native_and_padding_ids_are_impossible(hf_model, native_mod
         ours, _ = native_model(ids)
     assert type(out).__name__ == "CausalLMOutputWithPast"
     torch.testing.assert_close(out.logits[..., :V], ours[..., :V], atol=1e-5, rtol=0)
-    assert out.logits.shape[-1] == native_model.config.vocab_size
+    assert out.logits.shape[-1] == native_model.config.padded_vocab_size
     assert torch.isneginf(out.logits[..., V:]).all()
 
 
@@ -140,7 +140,7 @@ def test_batched_left_padded_generate_equals_each_row_alone(hf_env, hf_model, re
 
 
 def test_padding_rows_never_win_even_when_they_dominate(hf_env, native_model, tmp_path):
-    """Make a padding row the native argmax everywhere; the export must still never emit it."""
+    """Make a padding row the head's argmax everywhere; the export must still never emit it."""
     from gpt124m.checkpoint import save_pretrained
     from gpt124m.model import GPT
 
@@ -154,7 +154,8 @@ def test_padding_rows_never_win_even_when_they_dominate(hf_env, native_model, tm
     save_pretrained(model, tmp_path / "native")
     prompt = ids_batch(1, 4, seed=6)
     with torch.no_grad():
-        assert model(prompt)[0][0, -1].argmax() == 50300
+        assert model.lm_head(bias).argmax() == 50300  # precondition: the padding row would win
+        assert model(prompt)[0].shape[-1] == V  # ours never lets it out
     out_dir = export(tmp_path / "native", tmp_path / "export")
     hf = hf_env.AutoModelForCausalLM.from_pretrained(str(out_dir), trust_remote_code=True)
     new = hf.generate(input_ids=prompt, max_new_tokens=6, do_sample=False)[0, 4:]

@@ -32,16 +32,30 @@ def recording_generate(self, *args, **kwargs):
     return out
 
 transformers.GenerationMixin.generate = recording_generate
+# Every warning the snippets raise, through Python's warnings or transformers' logger.
+import logging, warnings
+said = []
+
+class Collect(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+
+transformers.logging.get_logger().addHandler(Collect(logging.WARNING))
 snippets = json.loads(sys.stdin.read())
 report = []
 for i, code in enumerate(snippets):
     namespace = {}
     lengths.clear()
-    exec(compile(code, f"<card snippet {i}>", "exec"), namespace)
+    said.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(code, f"<card snippet {i}>", "exec"), namespace)
+    entry = {"lengths": list(lengths), "warnings": said + [str(w.message) for w in caught]}
     if "outputs" in namespace:
-        report.append({"pipeline": namespace["outputs"], "lengths": list(lengths)})
+        entry["pipeline"] = namespace["outputs"]
     else:
-        report.append({"output_ids": namespace["output_ids"].tolist(), "lengths": list(lengths)})
+        entry["output_ids"] = namespace["output_ids"].tolist()
+    report.append(entry)
 print("REPORT " + json.dumps(report))
 """
 
@@ -81,15 +95,19 @@ def test_card_snippets_run_unchanged_against_the_export(
     line = next(x for x in proc.stdout.splitlines() if x.startswith("REPORT "))
     pipeline_report, generate_report = json.loads(line.removeprefix("REPORT "))
 
-    # pipeline(..., do_sample=True, max_length=40, ...): random text that continues the prompt
+    # both snippets run without a single warning (e.g. max_new_tokens vs a stored max_length)
+    assert pipeline_report["warnings"] == [] and generate_report["warnings"] == []
+
+    # pipeline(..., do_sample=True, max_new_tokens=30, ...): random text continuing the prompt
+    tokenizer = get_tokenizer()
+    prompt_ids = tokenizer.encode(PROMPT)
     outputs = pipeline_report["pipeline"]
     assert isinstance(outputs, list) and len(outputs) == 1
     text = outputs[0]["generated_text"]
     assert isinstance(text, str) and text.startswith(PROMPT) and len(text) > len(PROMPT)
-    assert len(pipeline_report["lengths"]) == 1 and pipeline_report["lengths"][0] <= 40
-    tokenizer = get_tokenizer()
+    assert len(pipeline_report["lengths"]) == 1
+    assert pipeline_report["lengths"][0] <= len(prompt_ids) + 30
 
     # model.generate(..., do_sample=False): exactly our greedy continuation
-    prompt_ids = tokenizer.encode(PROMPT)
     expected = generate(native_model, [prompt_ids], GenerationConfig(max_new_tokens=30))[0]
     assert generate_report["output_ids"][0] == prompt_ids + expected

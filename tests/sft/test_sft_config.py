@@ -69,6 +69,7 @@ def test_run_is_sized_from_the_data_and_epochs():
     assert cfg.max_steps == 17_551  # ceil(3 * 46801 / 8)
     assert cfg.warmup_steps == 176  # ceil(1% of the steps)
     assert (cfg.micro_batch_size, cfg.total_batch_tokens) == (8, 8 * 1024)
+    assert cfg.val_tokens == 1_048_576  # the seed's budget: 37 evaluations of 1M tokens < 1/3
     assert cfg.grad_accum_steps(world_size=1) == 1
     # the schedule warms up, then decays by cosine to exactly 0 on the last step
     lr = [
@@ -85,6 +86,12 @@ def test_run_is_sized_from_the_data_and_epochs():
         parse(["--base", "gpt2", "--max-steps", "5", "--warmup-steps", "0"]), 100, 64, 1
     )
     assert (capped.max_steps, capped.warmup_steps) == (5, 0)
+    # 5 steps x 8 x 64 tokens, evaluated at steps 0 and 5: (2560 / 3) / 2 tokens per evaluation
+    assert capped.val_tokens == 2560 // (3 * 2)
+    given = resolve(
+        parse(["--base", "gpt2", "--max-steps", "5", "--val-tokens", "999"]), 100, 64, 1
+    )
+    assert given.val_tokens == 999
 
 
 def test_bad_values_are_named():

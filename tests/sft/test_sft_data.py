@@ -215,3 +215,20 @@ def test_validation_batches_are_fixed_and_rank_disjoint():
     assert len(set(rows)) == 8
     capped = list(sft_data.validation_batches(encoded, batch_size=2, seq_len=16, max_tokens=40))
     assert len(capped) == 1
+
+
+def test_validation_batches_are_cut_to_their_longest_example_with_the_same_loss(tiny_model):
+    """Padding is masked and attention causal: trimming it changes no loss, only the cost."""
+    from gpt124m.eval.loss import evaluate_loss
+
+    encoded = encode_examples(
+        [Example(f"Task {i}." + " more" * i, "", "Answer." * (1 + i % 3)) for i in range(8)]
+    )
+    trimmed = list(sft_data.validation_batches(encoded, batch_size=4, seq_len=64))
+    widths = [x.shape[1] for x, _ in trimmed]
+    assert widths == [max(len(e) for e in encoded[i : i + 4]) - 1 for i in (0, 4)]
+    padded = [make_batch(encoded[i : i + 4], 64) for i in (0, 4)]  # the block, as before
+    got = evaluate_loss(tiny_model, trimmed, device="cpu")
+    want = evaluate_loss(tiny_model, padded, device="cpu")
+    assert got["tokens"] == want["tokens"]
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)

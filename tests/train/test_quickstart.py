@@ -1,6 +1,6 @@
 import pytest
 
-from gpt124m.checkpoint import load_model
+from gpt124m.checkpoint import load_model, read_config
 from gpt124m.cli import main
 
 pytestmark = pytest.mark.slow
@@ -8,7 +8,9 @@ pytestmark = pytest.mark.slow
 
 def test_quickstart_runs_offline_and_val_loss_falls(tmp_path, capsys):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out-dir", str(out), "--max-steps", "12"]) == 0
+    # fp32 pinned: the recipe's `auto` would pick bf16 only on CPUs that run it natively
+    argv = ["quickstart", "--out-dir", str(out), "--max-steps", "12", "--precision", "fp32"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "val loss:" in printed and str(out / "model") in printed
     from gpt124m.train.metrics import MetricsLog
@@ -20,6 +22,7 @@ def test_quickstart_runs_offline_and_val_loss_falls(tmp_path, capsys):
     # the model directory it leaves is what `gpt124m generate` loads
     model = load_model(out / "model")
     assert model.config.n_layer == 4
+    assert read_config(out / "model")["training"]["precision"] == "fp32"
     argv = ["generate", "--model", str(out / "model"), "--prompt", "The", "--temperature", "0"]
     assert main([*argv, "--max-new-tokens", "5"]) == 0
     from gpt124m.generate import GenerationConfig, generate_text

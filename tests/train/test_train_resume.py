@@ -4,11 +4,16 @@ Also: 2-rank gloo DDP equals one process with the same global batch via accumula
 These run the real CLI in subprocesses (and torchrun for 2 ranks) on a tiny model.
 """
 
+import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -57,17 +62,18 @@ def train_argv(data_dir, out_dir, *extra):
     ]  # fmt: skip
 
 
-def launcher(nproc):
+def launcher(nproc, script=None):
+    """`python -m gpt124m`, or torchrun of it; `script` runs in place of the module."""
+    target = [script] if script else ["-m", "gpt124m"]
     if nproc == 1:
-        return [sys.executable, "-m", "gpt124m"]
+        return [sys.executable, *target]
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={nproc}",
-        "-m",
-        "gpt124m",
+        *target,
     ]
 
 
@@ -84,29 +90,49 @@ def run_to_end(argv, nproc):
     subprocess.run(launcher(nproc) + argv, check=True, env=env(), capture_output=True, timeout=240)
 
 
-def run_and_kill_after_step(argv, nproc, step):
-    """Start training, SIGKILL its whole process group as soon as `step` has been logged."""
+def run_and_kill_after_step(argv, nproc, step, pid_dir, deadline_s=240):
+    """Start training through `paused_train.py`, which stops the run for good once `step` is
+    logged; SIGKILL every process of it then. Every read has a deadline."""
+    marker = f"step {step:>6}/"
+    script = str(Path(__file__).with_name("paused_train.py"))
     proc = subprocess.Popen(
-        launcher(nproc) + argv,
+        launcher(nproc, script) + argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env(),
+        env={**env(), "PAUSE_AFTER_LINE": marker, "PAUSE_PID_DIR": str(pid_dir)},
         start_new_session=True,
     )
-    seen = []
-    try:
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump():
         for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen = []
+    end = time.monotonic() + deadline_s
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no pause after {marker!r} within {deadline_s} s:\n" + "".join(seen))
+            if line is None:
+                pytest.fail(f"the run ended before {marker!r}:\n" + "".join(seen))
             seen.append(line)
-            if line.startswith(f"step {step + 1:>6}/"):
-                os.killpg(proc.pid, signal.SIGKILL)
+            if line.startswith(f"paused after: {marker}"):
                 break
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        for pid_file in pid_dir.iterdir():  # the workers (torchrun's, or the one process)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.name), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # and the launcher
         proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL or proc.returncode != 0, "".join(seen)
-    assert any(line.startswith(f"step {step + 1:>6}/") for line in seen), "".join(seen)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    assert len(list(pid_dir.iterdir())) == nproc
 
 
 @pytest.mark.parametrize("nproc, parallel", [(1, "ddp"), (2, "ddp"), (2, "fsdp")])
@@ -114,9 +140,11 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, data_dir, nproc, parallel):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     extra = ("--parallel", parallel)
     run_to_end(train_argv(data_dir, straight, *extra), nproc)
-    run_and_kill_after_step(train_argv(data_dir, interrupted, *extra), nproc, step=N)
-    killed_at = losses(interrupted)
-    assert N + 1 <= max(s for s, _ in killed_at) < 2 * N  # it died part-way through
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    run_and_kill_after_step(train_argv(data_dir, interrupted, *extra), nproc, N + 1, pids)
+    # killed after step N + 1 was logged: the resume from checkpoint N must redo it
+    assert [s for s, _ in losses(interrupted)] == list(range(1, N + 2))
     run_to_end(train_argv(data_dir, interrupted, "--resume", "auto", *extra), nproc)
     expected = losses(straight)
     assert len(expected) == 2 * N

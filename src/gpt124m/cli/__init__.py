@@ -24,13 +24,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gpt124m",
         description="Pretrain, evaluate, instruction-tune, run and publish GPT-2-class models.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    _add_verbose(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _command_modules():
         cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
+        _verbose_everywhere(cmd)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug logging on stderr"
+    )
+
+
+def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`-v` after a subcommand too (`gpt124m eval hellaswag -v`); unset there, it leaves what
+    was given before the subcommand alone."""
+    _add_verbose(parser, default=argparse.SUPPRESS)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _verbose_everywhere(child)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger(__name__).debug(
+        "gpt124m %s | python %s | %s",
+        _version(),
+        sys.version.split()[0],
+        " ".join(argv or sys.argv[1:]),
+    )
     try:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
@@ -49,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gpt124m {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gpt124m")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def _loss(args, info) -> int:
         batches,
         device=info.device,
         autocast_dtype=precision,
-        token_bytes=gpt2_token_bytes(model.config.vocab_size),
+        token_bytes=gpt2_token_bytes(),
     )
     if not info.is_main:
         return 0

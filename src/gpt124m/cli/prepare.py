@@ -27,7 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--shard-tokens", type=int, default=100_000_000)
     p.add_argument(
-        "--val-tokens", type=int, default=None, help="validation tokens (default: one shard)"
+        "--val-tokens",
+        type=int,
+        default=None,
+        help="validation tokens (default: one shard, at most a tenth of --max-tokens or of a "
+        "source smaller than one shard)",
     )
     p.add_argument("--max-tokens", type=int, default=None, help="cap on all tokens written")
     p.add_argument(

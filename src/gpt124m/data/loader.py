@@ -23,7 +23,13 @@ import torch
 
 from gpt124m.data.shards import load_shard, open_split
 
-__all__ = ["TokenLoader", "load_shard", "token_batches", "validation_batches"]
+__all__ = [
+    "TokenLoader",
+    "load_shard",
+    "token_batches",
+    "validation_batches",
+    "validation_budget",
+]
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -177,7 +183,11 @@ def token_batches(
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
         if max_tokens > available:
-            log.warning("token budget %s exceeds the %s tokens available", max_tokens, available)
+            log.warning(
+                "token budget %s is more than the %s tokens available: reading all of them",
+                f"{max_tokens:,}",
+                f"{available:,}",
+            )
         budget = min(max_tokens, available)
     n_steps = budget // step
     if n_steps == 0:
@@ -192,6 +202,27 @@ def token_batches(
             yield _to_batch(tokens[start : start + bt + 1], batch_size, seq_len)
 
     return batches()
+
+
+def validation_budget(
+    data_dir: str | os.PathLike, max_tokens: int | None, *, say: bool = True
+) -> int | None:
+    """`max_tokens`, or all the val split holds when that is less, said once (`say`) here
+    rather than at every evaluation of a run."""
+    _, shards = open_split(data_dir, "val")
+    available = sum(len(s) for s in shards) - 1
+    if max_tokens is None or max_tokens <= available:
+        return max_tokens
+    if say:
+        log.warning(
+            "validation: --val-tokens %s is more than the %s tokens of %s's val split; every "
+            "evaluation reads all %s of them",
+            f"{max_tokens:,}",
+            f"{available:,}",
+            data_dir,
+            f"{available:,}",
+        )
+    return available
 
 
 def validation_batches(

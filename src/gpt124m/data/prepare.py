@@ -1,40 +1,41 @@
 """Turn a text source into GPT-2 token shards plus `manifest.json`.
 
-Each document becomes `<|endoftext|>` followed by its tokens; documents run on across shard
-boundaries. The first `val_tokens` fill the `val_*` shards, the rest the `train_*` shards.
-Encoding runs on a thread pool (tiktoken releases the GIL) over chunks of documents, and results
-are consumed in order, so the output does not depend on the worker count.
+Each document becomes `<|endoftext|>` followed by its tokens (`gpt124m.data.encoding`);
+documents run on across shard boundaries. The first tokens fill the `val_*` shards, the rest the
+`train_*` shards. By default validation gets one shard's worth, as in the seed's run, but no more
+than a tenth of `max_tokens`, nor of a source smaller than one shard (the bundled corpus, a small
+local file), so the default always leaves tokens to train on.
 
 Resume: after each shard is renamed into place the manifest is rewritten with
 `"complete": false` and, per shard, where the document stream stood at its end (document index,
 tokens of that document already written, running counts). A rerun with the same settings checks
-the listed shards, skips the documents they cover without encoding them, and carries on.
+the listed shards, skips the documents they cover without encoding them, and carries on. A run
+that fails before writing a shard leaves nothing behind (no manifest, no directory it created),
+and so does one whose settings turn out impossible for the source: its shards could never be
+completed, and would only block a retry with other settings.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from gpt124m.atomic import atomic_write_text
 from gpt124m.data import shards as fmt
-from gpt124m.data.sources import Document, Source, open_source
+from gpt124m.data.encoding import COUNTERS, Chunk, encoded_chunks, stream_position
+from gpt124m.data.sources import Source, open_source
+from gpt124m.data.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
-CHUNK_CHARS = 1 << 20
-CHUNK_DOCS = 4096
-COUNTERS = ("documents", "skipped_empty", "replaced_sequences", "repaired_documents")
+# The default validation split of a source smaller than one shard: this share of its tokens.
+AUTO_VAL_DIVISOR = 10
 
 
 @dataclass
@@ -48,7 +49,7 @@ class PrepareConfig:
     text_field: str = "text"
     split_lines: bool = False
     shard_tokens: int = 100_000_000
-    val_tokens: int | None = None  # None = one shard's worth (as the seed run)
+    val_tokens: int | None = None  # None: one shard, at most a tenth of a smaller source
     max_tokens: int | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     progress: bool = True
@@ -67,84 +68,40 @@ class PrepareConfig:
 
     @property
     def resolved_val_tokens(self) -> int:
-        return self.shard_tokens if self.val_tokens is None else self.val_tokens
-
-
-@dataclass
-class _Chunk:
-    first: int  # index of its first document in the source stream
-    tokens: np.ndarray  # uint16, every kept document as EOT + tokens
-    ends: np.ndarray  # cumulative token count at the end of each document
-    counts: np.ndarray  # [n_docs, len(COUNTERS)] per-document contributions to the counters
-    chars: int
-
-
-def _encode_chunk(first: int, docs: list[Document]) -> _Chunk:
-    from gpt124m.tokenizer import get_tokenizer
-
-    tok = get_tokenizer()
-    eot = tok.eot_id
-    ids: list[int] = []
-    lengths = np.zeros(len(docs), dtype=np.int64)
-    counts = np.zeros((len(docs), len(COUNTERS)), dtype=np.int64)
-    chars = 0
-    for i, (text, replaced) in enumerate(docs):
-        if not text or text.isspace():
-            counts[i, 1] = 1
-            continue
-        chars += len(text)
-        before = len(ids)
-        ids.append(eot)
-        ids.extend(tok.encode(text))
-        lengths[i] = len(ids) - before
-        counts[i, 0] = 1
-        counts[i, 2] = replaced
-        counts[i, 3] = replaced > 0
-    return _Chunk(first, np.array(ids, dtype=np.uint16), np.cumsum(lengths), counts, chars)
-
-
-def _chunks(docs: Iterator[Document], start: int) -> Iterator[tuple[int, list[Document]]]:
-    batch: list[Document] = []
-    chars = 0
-    first = start
-    for doc in docs:
-        batch.append(doc)
-        chars += len(doc[0] or "")
-        if chars >= CHUNK_CHARS or len(batch) >= CHUNK_DOCS:
-            yield first, batch
-            first += len(batch)
-            batch, chars = [], 0
-    if batch:
-        yield first, batch
-
-
-def _encoded(source: Source, start: int, workers: int) -> Iterator[_Chunk]:
-    """Encoded chunks in source order from document `start` on, `workers` threads ahead."""
-    docs = source.documents()
-    for _ in range(start):
-        if next(docs, None) is None:
-            raise ValueError("the source has fewer documents than the earlier run recorded")
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        pending: collections.deque = collections.deque()
-        try:
-            for first, batch in _chunks(docs, start):
-                pending.append(pool.submit(_encode_chunk, first, batch))
-                while len(pending) > 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+        """The validation budget; the default is one shard, at most a tenth of --max-tokens
+        (and `prepare` takes a tenth of a source that ends before it)."""
+        if self.val_tokens is not None:
+            return self.val_tokens
+        if self.max_tokens is None:
+            return self.shard_tokens
+        return min(self.shard_tokens, max(1, self.max_tokens // AUTO_VAL_DIVISOR))
 
 
 def _settings(cfg: PrepareConfig, source: Source) -> dict:
     return {
         "source": source.describe,
         "shard_tokens": cfg.shard_tokens,
-        "val_tokens": cfg.resolved_val_tokens,
+        "val_tokens": "auto" if cfg.val_tokens is None else cfg.val_tokens,
         "max_tokens": cfg.max_tokens,
     }
+
+
+def _missing_dirs(out: Path) -> list[Path]:
+    """`out` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = out.absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_if_empty(dirs: list[Path]) -> None:
+    for path in dirs:
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty (or already gone): keep it and everything above it
 
 
 def _check_writable(out: Path) -> None:
@@ -155,6 +112,12 @@ def _check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise ValueError(f"output directory {out} is not writable: {e}") from e
+
+
+def _same_settings(old: dict, new: dict) -> bool:
+    if new["val_tokens"] == "auto" and old.get("val_tokens") == old.get("shard_tokens"):
+        old = {**old, "val_tokens": "auto"}  # what earlier versions recorded for the default
+    return old == new
 
 
 def _previous(out: Path, settings: dict) -> dict | None:
@@ -169,7 +132,7 @@ def _previous(out: Path, settings: dict) -> dict | None:
         return None
     if manifest.get("format") != fmt.MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a gpt124m token manifest; choose another output directory")
-    if manifest.get("settings") != settings:
+    if not _same_settings(manifest.get("settings") or {}, settings):
         raise ValueError(
             f"{out} holds data prepared with other settings or another source; "
             "choose another output directory or delete it"
@@ -189,70 +152,6 @@ def _previous(out: Path, settings: dict) -> dict | None:
         manifest["complete"] = False
     manifest["shards"] = kept
     return manifest
-
-
-class _Writer:
-    """Fills val then train shards, writing each atomically and recording the manifest."""
-
-    def __init__(self, cfg: PrepareConfig, out: Path, base: dict, shards: list[dict]):
-        self.cfg, self.out, self.base = cfg, out, base
-        self.shards = shards
-        self.val_target = cfg.resolved_val_tokens
-        self.written = sum(s["tokens"] for s in shards)
-        self.val_written = sum(s["tokens"] for s in shards if s["split"] == "val")
-        self.buffer = np.empty(0, dtype=np.uint16)
-        self.fill = 0
-        self._next_buffer()
-
-    def _next_buffer(self) -> None:
-        if self.val_written < self.val_target:
-            self.split = "val"
-            size = min(self.cfg.shard_tokens, self.val_target - self.val_written)
-        else:
-            self.split, size = "train", self.cfg.shard_tokens
-        if self.cfg.max_tokens is not None:
-            size = min(size, max(self.cfg.max_tokens - self.written, 0))
-        if len(self.buffer) != size:
-            self.buffer = np.empty(size, dtype=np.uint16)
-        self.fill = 0
-
-    @property
-    def done(self) -> bool:
-        return self.cfg.max_tokens is not None and self.written >= self.cfg.max_tokens
-
-    @property
-    def space(self) -> int:
-        return len(self.buffer) - self.fill
-
-    def add(self, tokens: np.ndarray) -> None:
-        self.buffer[self.fill : self.fill + len(tokens)] = tokens
-        self.fill += len(tokens)
-        self.written += len(tokens)
-        if self.split == "val":
-            self.val_written += len(tokens)
-
-    def flush(self, end: dict) -> None:
-        """Write the buffer as the next shard of its split; `end` is where the stream stands."""
-        index = sum(1 for s in self.shards if s["split"] == self.split)
-        name = fmt.shard_name(self.split, index)
-        tokens = self.buffer[: self.fill]
-        digest = fmt.write_shard(self.out / name, tokens)
-        self.shards.append(
-            {
-                "name": name,
-                "split": self.split,
-                "tokens": int(self.fill),
-                "sha256": digest,
-                "end": end,
-            }
-        )
-        self.save(complete=False)
-        self._next_buffer()
-
-    def save(self, *, complete: bool, extra: dict | None = None) -> dict:
-        manifest = {**self.base, "complete": complete, "shards": self.shards, **(extra or {})}
-        atomic_write_text(self.out / fmt.MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        return manifest
 
 
 def _progress(cfg: PrepareConfig):
@@ -293,7 +192,16 @@ def prepare(cfg: PrepareConfig) -> dict:
         split_lines=cfg.split_lines,
     )
     out = Path(cfg.out_dir)
-    _check_writable(out)
+    created = _missing_dirs(out)
+    try:
+        _check_writable(out)
+        return _prepare_into(cfg, source, out)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+
+
+def _prepare_into(cfg: PrepareConfig, source: Source, out: Path) -> dict:
     for stale in out.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
     settings = _settings(cfg, source)
@@ -316,7 +224,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         "settings": settings,
     }
     shards = previous["shards"] if previous else []
-    writer = _Writer(cfg, out, base, shards)
+    writer = ShardWriter(cfg, out, base, shards)
     if shards:
         end = shards[-1]["end"]
         start_doc, offset = end["document"], end["offset"]
@@ -325,17 +233,16 @@ def prepare(cfg: PrepareConfig) -> dict:
     else:
         start_doc, offset = 0, 0
         totals = np.zeros(len(COUNTERS), dtype=np.int64)
+    # While the default validation shard is still filling from a fresh start, where each chunk
+    # began: if the source ends before the shard is full, the split point is found from these.
+    marks: list | None = [] if cfg.val_tokens is None and not shards else None
 
-    def stream_end(chunk: _Chunk, used: int) -> dict:
-        done = int(np.searchsorted(chunk.ends, used, side="right"))
-        before = int(chunk.ends[done - 1]) if done else 0
-        counts = totals + chunk.counts[:done].sum(axis=0)
-        return {
-            "document": chunk.first + done,
-            "offset": used - before,
-            **{k: int(v) for k, v in zip(COUNTERS, counts, strict=True)},
-        }
+    def position(chunk: Chunk, used: int) -> dict:
+        return stream_position(chunk.first, chunk.ends, chunk.counts, totals, used)
 
+    # A full buffer is written only once the stream goes on past it (or at the end), so a
+    # source that ends exactly there can still be split.
+    full_end: dict | None = None
     truncated = 0
     next_doc = start_doc
     t0 = time.perf_counter()
@@ -343,22 +250,27 @@ def prepare(cfg: PrepareConfig) -> dict:
     bar = _progress(cfg)
     bar.update(writer.written)
     try:
-        for chunk in _encoded(source, start_doc, cfg.workers):
+        for chunk in encoded_chunks(source, start_doc, cfg.workers):
             used, offset = offset, 0
+            if marks is not None:
+                marks.append((writer.written - used, chunk.first, chunk.ends, chunk.counts, totals))
             n = len(chunk.tokens)
             while used < n and not writer.done:
+                if writer.space == 0:
+                    writer.flush(full_end)
+                    marks = None
                 take = min(writer.space, n - used)
                 writer.add(chunk.tokens[used : used + take])
                 used += take
                 bar.update(take)
                 if writer.space == 0:
-                    writer.flush(stream_end(chunk, used))
+                    full_end = position(chunk, used)
             if writer.done:
-                end = stream_end(chunk, used)
+                end = position(chunk, used)
                 totals = np.array([end[k] for k in COUNTERS], dtype=np.int64)
                 truncated = int(end["offset"] > 0)
                 break
-            totals += chunk.counts.sum(axis=0)
+            totals = totals + chunk.counts.sum(axis=0)
             next_doc = chunk.first + len(chunk.ends)
             chars_seen += chunk.chars
             docs_seen += len(chunk.ends)
@@ -367,18 +279,38 @@ def prepare(cfg: PrepareConfig) -> dict:
             bar.set_postfix_str(f"{int(totals[0]):,} docs, {docs_seen / elapsed:,.0f} docs/s")
     finally:
         bar.close()
-    if writer.fill:
-        counts = {k: int(v) for k, v in zip(COUNTERS, totals, strict=True)}
-        writer.flush({"document": next_doc, "offset": 0, **counts})
-    elapsed = time.perf_counter() - t0
 
     counters = {k: int(v) for k, v in zip(COUNTERS, totals, strict=True)}
-    counters["documents"] += truncated
     if writer.written == 0:
         raise ValueError(
             f"empty source: {cfg.source!r} produced no text "
             f"({counters['skipped_empty']} empty documents skipped)"
         )
+    end = full_end if writer.space == 0 else {"document": next_doc, "offset": 0, **counters}
+    train_tokens = sum(s["tokens"] for s in writer.shards if s["split"] == "train")
+    if writer.split == "train":
+        train_tokens += writer.fill
+    if marks is not None and writer.split == "val" and writer.fill > 1:
+        n_val = max(1, writer.fill // AUTO_VAL_DIVISOR)
+        log.info(
+            "the source ends after %s tokens, before the default validation shard is full: "
+            "the first %s (a tenth) go to validation",
+            f"{writer.fill:,}",
+            f"{n_val:,}",
+        )
+        writer.flush_split(n_val, _position_in(marks, n_val), end)
+    elif train_tokens == 0:
+        writer.discard()
+        raise ValueError(
+            f"the source has only {writer.written:,} tokens, all within --val-tokens "
+            f"{cfg.resolved_val_tokens:,}: nothing is left to train on; lower --val-tokens, or "
+            "leave it out (the default takes a tenth of a source smaller than one shard)"
+        )
+    elif writer.fill:
+        writer.flush(end)
+    elapsed = time.perf_counter() - t0
+
+    counters["documents"] += truncated
     splits = {
         split: {
             "tokens": sum(s["tokens"] for s in writer.shards if s["split"] == split),
@@ -386,11 +318,6 @@ def prepare(cfg: PrepareConfig) -> dict:
         }
         for split in ("val", "train")
     }
-    if splits["train"]["tokens"] == 0:
-        raise ValueError(
-            f"the source has only {writer.written:,} tokens and all went to validation "
-            f"(val_tokens={cfg.resolved_val_tokens:,}); lower --val-tokens"
-        )
     extra = {
         "tokens": writer.written,
         "documents": counters["documents"],
@@ -419,3 +346,11 @@ def prepare(cfg: PrepareConfig) -> dict:
         elapsed,
     )
     return manifest
+
+
+def _position_in(marks: list, token: int) -> dict:
+    """The stream position after `token` tokens, from the chunk starts recorded in `marks`."""
+    for start, first, ends, counts, before in reversed(marks):
+        if start <= token:
+            return stream_position(first, ends, counts, before, token - start)
+    raise AssertionError("no chunk starts at or before the split point")

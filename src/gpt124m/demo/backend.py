@@ -8,8 +8,10 @@ context, so generation itself can never fail on length.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from gpt124m.generate import GenerationConfig, stream_text
 from gpt124m.model import GPT
@@ -73,6 +75,21 @@ class Sampling:
     seed: int | float | None = None
 
 
+def display_name(source: str) -> str:
+    """What the demo calls a model: a hub id as is; a run's final `model/` or a checkpoint by the
+    run's name (`runs/quickstart/model` -> quickstart); any other directory by its own name."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return str(source)
+    path = path.resolve()
+    step = re.fullmatch(r"step_(\d+)", path.name)
+    if step and path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name} (step {int(step.group(1)):,})"
+    if path.name == "model" and path.parent.name:
+        return path.parent.name
+    return path.name
+
+
 class DemoModel:
     """A loaded model, its tokenizer and the caps that apply to it."""
 
@@ -113,10 +130,8 @@ class DemoModel:
         """Load a model directory or hub id as `gpt124m generate`/`chat` do.
 
         An instruct model uses `template`, else the one its directory records, as `gpt124m chat`
-        does; the panel shows a local directory by its name only, not its full path.
+        does; the panel names it as `display_name` does, never by its full path.
         """
-        from pathlib import Path
-
         from gpt124m.checkpoint import load_model, read_config, resolve_source
         from gpt124m.device import resolve_device, resolve_dtype
         from gpt124m.sft.chat import trained_template
@@ -131,11 +146,10 @@ class DemoModel:
             max_new_tokens=max_new_tokens,
             max_input_tokens=max_input_tokens,
         )
-        local = Path(source).expanduser().is_dir()
         return cls(
             model,
             get_tokenizer(),
-            name=Path(source).name if local else str(source),
+            name=display_name(source),
             limits=limits,
             template=template or "seed",
         )

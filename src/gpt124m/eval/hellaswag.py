@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt124m.eval._runtime import all_agree, all_reduce_sum, autocast, model_config
+from gpt124m.hf.offline import hub_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,13 @@ def download(cache_dir: str | os.PathLike | None = None) -> list[Path]:
             return [fetch(revision, filename, local_only=True)]
         except Exception:
             continue
+    why = hub_unreachable()
+    if why:
+        raise HellaSwagUnavailable(
+            f"HellaSwag ({HUB_REPO}) is not in the Hugging Face cache and the Hub cannot be "
+            f"reached ({why}): "
+            "pass --data FILE, a local .jsonl or .parquet copy of the validation split"
+        )
     errors = []
     for revision in HUB_REVISIONS:
         try:

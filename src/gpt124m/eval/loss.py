@@ -69,18 +69,17 @@ def evaluate_loss(
 
 
 @functools.cache
-def gpt2_token_bytes(vocab_size: int = 50304) -> torch.Tensor:
+def gpt2_token_bytes() -> torch.Tensor:
     """UTF-8 byte length of each GPT-2 token id as `Tokenizer.decode` renders it.
 
     GPT-2's vocabulary spells every byte as one printable character, so a token's byte length
     is the length of its key in encoder.json; `<|endoftext|>` decodes to its 13-byte marker.
-    Ids past the real vocabulary (the padded rows) decode to nothing: 0 bytes.
     """
     from gpt124m.tokenizer import vocab_files
 
     encoder_json, _ = vocab_files()
     encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
-    lengths = np.zeros(max(vocab_size, len(encoder)), dtype=np.int64)
+    lengths = np.zeros(len(encoder), dtype=np.int64)
     for token, i in encoder.items():
         lengths[i] = len(token)
     return torch.from_numpy(lengths)

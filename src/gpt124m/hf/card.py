@@ -8,13 +8,15 @@ real repo id.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
+from gpt124m.config import ModelConfig
 
 PROMPT = "Hello, I'm a language model,"
 IMAGE_CAPTIONS = {
@@ -56,6 +58,35 @@ class CardInfo:
     def remote_code(self) -> bool:
         return self.fmt == "remote-code"
 
+    @property
+    def fine_tuned(self) -> bool:
+        return bool(self.base_model) or run_kind(self.training) not in (None, "pretraining")
+
+
+def run_kind(training: Mapping[str, Any] | None) -> str | None:
+    """What the run was, from its recorded configuration: SFT runs record their `method`."""
+    if not training:
+        return None
+    method = training.get("method")
+    if method == "lora":
+        lora = f"LoRA fine-tuning (r {training.get('lora_r')}, alpha {training.get('lora_alpha')})"
+        return lora + (", merged into the base" if training.get("merge", True) else "")
+    if method == "full":
+        return "full fine-tuning"
+    return "pretraining"
+
+
+def public_path(text: str) -> str:
+    """A local absolute path as a card may show it: relative to the working directory when under
+    it, else only its last two parts. Anything else (relative paths, hub ids) as it is."""
+    if not (text.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", text)):
+        return text
+    path = Path(text).expanduser()
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return ".../" + "/".join(path.parts[-2:])
+
 
 def front_matter(info: CardInfo) -> dict[str, Any]:
     meta: dict[str, Any] = {
@@ -74,7 +105,7 @@ def front_matter(info: CardInfo) -> dict[str, Any]:
         meta["co2_eq_emissions"] = {
             "emissions": round(co2 * 1000, 3),  # the Hub counts grams
             "source": "gpt124m estimate: device hours x power x grid carbon intensity",
-            "training_type": "fine-tuning" if info.base_model else "pre-training",
+            "training_type": "fine-tuning" if info.fine_tuned else "pre-training",
             **({"hardware_used": str(info.summary["device"])} if "device" in info.summary else {}),
         }
     return meta
@@ -99,11 +130,22 @@ def render_card(info: CardInfo) -> str:
 
 def _intro(info: CardInfo) -> str:
     c = info.model_config
-    base = f", fine-tuned from [{info.base_model}](https://huggingface.co/{info.base_model})"
+    origin = ""
+    if info.fine_tuned:
+        kind = run_kind(info.training)
+        how = f" ({kind})" if kind not in (None, "pretraining") else ""
+        local = (info.training or {}).get("base_model")
+        if info.base_model:
+            base = f" from [{info.base_model}](https://huggingface.co/{info.base_model})"
+        elif isinstance(local, str) and local:
+            base = f" from the local model `{public_path(local)}`"
+        else:
+            base = ""
+        origin = f", fine-tuned{base}{how}"
     text = (
         f"A GPT-2-architecture language model with {c.num_params():,} parameters "
         f"({c.n_layer} layers, {c.n_head} heads, {c.n_embd} dimensions, context {c.block_size})"
-        f"{base if info.base_model else ''}, trained and exported with gpt124m. "
+        f"{origin}, trained and exported with gpt124m. "
         "It uses GPT-2's BPE tokenizer."
     )
     if info.remote_code:
@@ -132,7 +174,7 @@ def usage_snippets(info: CardInfo) -> tuple[str, str]:
         "outputs = generator(\n"
         f'    "{PROMPT}",\n'
         "    do_sample=True,\n"
-        "    max_length=40,\n"
+        "    max_new_tokens=30,\n"
         "    temperature=0.9,\n"
         "    top_p=0.5,\n"
         "    top_k=50,\n"
@@ -167,9 +209,9 @@ def _usage(info: CardInfo) -> str:
 def _architecture(info: CardInfo) -> str:
     c = info.model_config
     vocab = (
-        f"{GPT2_VOCAB_SIZE:,}"
-        if not info.remote_code or c.vocab_size == GPT2_VOCAB_SIZE
-        else f"{GPT2_VOCAB_SIZE:,} (embedding padded to {c.vocab_size:,} rows, never generated)"
+        f"{c.vocab_size:,}"
+        if not info.remote_code or c.padded_vocab_size == c.vocab_size
+        else f"{c.vocab_size:,} (embedding padded to {c.padded_vocab_size:,} rows, never generated)"
     )
     rows = [
         ("Layers", f"{c.n_layer}"),
@@ -191,15 +233,20 @@ def _architecture(info: CardInfo) -> str:
 
 def _training(info: CardInfo) -> str:
     parts = []
+    kind = run_kind(info.training)
+    if kind:
+        parts.append(f"Run type: {kind}.")
     if info.training:
-        rows = [(f"`{k}`", _fmt(v)) for k, v in _flatten(info.training)]
+        rows = [(f"`{k}`", _fmt(v, k)) for k, v in _flatten(info.training)]
         parts.append("Training configuration:\n\n" + _table(("setting", "value"), rows))
     summary = info.summary or {}
     facts = []
     if isinstance(summary.get("tokens_seen"), (int, float)):
         facts.append(f"tokens seen: {summary['tokens_seen']:,.0f}")
     if isinstance(summary.get("wall_time_s"), (int, float)):
-        facts.append(f"wall time: {summary['wall_time_s'] / 3600:,.2f} h")
+        seconds = summary["wall_time_s"]
+        wall = f"{seconds / 3600:,.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+        facts.append(f"wall time: {wall}")
     if summary.get("device"):
         facts.append(f"hardware: {summary['device']}")
     if facts:
@@ -210,7 +257,7 @@ def _training(info: CardInfo) -> str:
 def _results(info: CardInfo) -> str:
     if not info.results:
         return ""
-    rows = [(METRIC_NAMES.get(k, k), _fmt(v)) for k, v in _flatten(info.results)]
+    rows = [(METRIC_NAMES.get(k, k), _fmt(v, k)) for k, v in _flatten(info.results)]
     return "## Evaluation\n\n" + _table(("metric", "value"), rows)
 
 
@@ -223,7 +270,11 @@ def _plots(info: CardInfo) -> str:
 
 def _environment(info: CardInfo) -> str:
     summary = info.summary or {}
-    rows = [(label, fmt.format(summary[key])) for key, label, fmt in SUMMARY_ROWS if key in summary]
+    rows = [
+        (label, _small(summary[key]) or fmt.format(summary[key]))
+        for key, label, fmt in SUMMARY_ROWS
+        if key in summary
+    ]
     if not rows:
         return ""
     return (
@@ -254,15 +305,27 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]
     return rows
 
 
-def _fmt(value: Any) -> str:
+def _small(value: Any) -> str | None:
+    """Two significant digits for a positive quantity under 0.01 (a CPU run's energy), which
+    a fixed number of decimals would print as 0."""
+    if isinstance(value, float) and 0 < value < 0.01:
+        return f"{value:.2g}"
+    return None
+
+
+def _fmt(value: Any, key: str = "") -> str:
+    """A setting or result for a table cell: counts with thousands separators, but seeds (names,
+    not quantities) as written; local paths made public (`public_path`)."""
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, int):
-        return f"{value:,}"
+        return str(value) if key.rsplit(".", 1)[-1].endswith("seed") else f"{value:,}"
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
+        return ", ".join(_fmt(v, key) for v in value)
+    if isinstance(value, str):
+        value = public_path(value)
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 

@@ -161,8 +161,8 @@ def remote_code_hf_config(config: ModelConfig, dtype: torch.dtype) -> dict[str, 
         "model_type": MODEL_TYPE,
         "architectures": [ARCHITECTURE],
         "auto_map": dict(AUTO_MAP),
-        "vocab_size": config.vocab_size,
-        "tokenizer_vocab_size": min(GPT2_VOCAB_SIZE, config.vocab_size),
+        "vocab_size": config.padded_vocab_size,  # embedding rows, as transformers counts them
+        "tokenizer_vocab_size": config.vocab_size,  # ids past this get -inf logits
         "n_positions": config.block_size,
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
@@ -190,11 +190,11 @@ def write_remote_code(model: GPT, out: Path, metadata: dict[str, Any]) -> None:
 
 
 def gpt2_config(config: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    """A `GPT2Config` for `config`, with GPT-2's real 50257-token vocabulary."""
+    """A `GPT2Config` for `config`: the real vocabulary, no padding rows."""
     return {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": GPT2_VOCAB_SIZE,
+        "vocab_size": config.vocab_size,
         "n_positions": config.block_size,
         "n_ctx": config.block_size,
         "n_embd": config.n_embd,
@@ -233,7 +233,7 @@ def native_to_gpt2(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[
         if name.endswith(CONV1D_SUFFIXES):
             tensor = tensor.t()
         elif name == "transformer.wte.weight":
-            tensor = tensor[:GPT2_VOCAB_SIZE]
+            tensor = tensor[: config.vocab_size]
         out[name] = tensor.detach().to("cpu").contiguous()
     return out
 
@@ -276,14 +276,12 @@ def _finish_tokenizer(out: Path, block_size: int) -> None:
 
 
 def _write_generation_config(out: Path, block_size: int) -> None:
-    """EOT ends and pads; `max_length` is the context, which also stops transformers 4.x
-    pipelines from overriding a caller's `max_length` with their 256-new-token default."""
-    config = {
-        "bos_token_id": EOT_ID,
-        "eos_token_id": EOT_ID,
-        "pad_token_id": EOT_ID,
-        "max_length": block_size,
-    }
+    """EOT ends and pads, and nothing else: no length. A stored `max_length` or `max_new_tokens`
+    competes with the caller's own (transformers then warns that both are set, and may ignore
+    the caller's), so every length a user passes, either kind, is taken as given. The model
+    itself refuses to run past its context (`block_size`)."""
+    del block_size
+    config = {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID}
     atomic_write_text(out / "generation_config.json", json.dumps(config, indent=2) + "\n")
 
 

@@ -1,7 +1,8 @@
-"""Hugging Face GPT-2 checkpoints in: Conv1D weights transposed, vocabulary padded to 50304.
+"""Hugging Face GPT-2 checkpoints in: Conv1D weights transposed, nothing dropped silently.
 
-GPT-2's Conv1D stores weights as [in, out]; nn.Linear wants [out, in]. The extra embedding rows
-are zeros, and generation masks them out, so they are never sampled.
+GPT-2's Conv1D stores weights as [in, out]; nn.Linear wants [out, in]. The only entries not
+carried over are the constant causal-mask buffers of old checkpoints; an untied `lm_head`
+(`tie_word_embeddings: false`, or a head that differs from `wte`) is refused, never re-tied.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from gpt124m.checkpoint import build_model, load_safetensors
+from gpt124m.checkpoint import build_model, load_safetensors, load_torch_bin
 from gpt124m.config import ModelConfig
 from gpt124m.model import GPT
 
@@ -22,10 +23,6 @@ CONV1D_SUFFIXES = (
     "mlp.c_proj.weight",
 )
 SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old checkpoints
-
-
-def padded_vocab(vocab_size: int, multiple: int = 64) -> int:
-    return -(-vocab_size // multiple) * multiple
 
 
 def config_from_gpt2(data: dict[str, Any], source: Path) -> ModelConfig:
@@ -39,6 +36,11 @@ def config_from_gpt2(data: dict[str, Any], source: Path) -> ModelConfig:
         "scale_attn_weights": data.get("scale_attn_weights", True) is not True,
         "scale_attn_by_inverse_layer_idx": bool(data.get("scale_attn_by_inverse_layer_idx")),
     }
+    if data.get("tie_word_embeddings", True) is not True:
+        raise ValueError(
+            f"{source}: tie_word_embeddings={data['tie_word_embeddings']!r} (an untied output "
+            "head) is not supported: gpt124m ties lm_head to wte and would change the model"
+        )
     for key, bad in unsupported.items():
         if bad:
             raise ValueError(
@@ -50,7 +52,7 @@ def config_from_gpt2(data: dict[str, Any], source: Path) -> ModelConfig:
             n_head=data["n_head"],
             n_embd=data["n_embd"],
             block_size=data.get("n_positions", data.get("n_ctx", 1024)),
-            vocab_size=padded_vocab(data.get("vocab_size", 50257)),
+            vocab_size=data.get("vocab_size", 50257),
         )
     except KeyError as e:
         raise ValueError(f"{source}: GPT-2 config lacks {e}") from None
@@ -62,33 +64,25 @@ def read_gpt2_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
         return load_safetensors(st), st
     legacy = model_dir / "pytorch_model.bin"
     if legacy.is_file():
-        try:
-            return torch.load(legacy, map_location="cpu", weights_only=True), legacy
-        except Exception as e:
-            raise ValueError(f"{legacy}: unreadable weights file ({e})") from None
+        return load_torch_bin(legacy), legacy
     raise FileNotFoundError(f"{model_dir}: no model.safetensors or pytorch_model.bin")
 
 
-def gpt2_to_native(
-    hf_state: dict[str, torch.Tensor], config: ModelConfig
-) -> dict[str, torch.Tensor]:
+def gpt2_to_native(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our names and layout; `lm_head.weight` is kept so `build_model` checks the tie."""
     state = {}
     for key, tensor in hf_state.items():
-        if key.endswith(SKIPPED_SUFFIXES) or key == "lm_head.weight":
+        if key.endswith(SKIPPED_SUFFIXES):
             continue
-        name = key if key.startswith("transformer.") else f"transformer.{key}"
+        name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
         if name.endswith(CONV1D_SUFFIXES):
             tensor = tensor.t()
         state[name] = tensor.contiguous()
-    wte = state.get("transformer.wte.weight")
-    if wte is not None and wte.size(0) < config.vocab_size:
-        pad = wte.new_zeros(config.vocab_size - wte.size(0), wte.size(1))
-        state["transformer.wte.weight"] = torch.cat([wte, pad])
     return state
 
 
 def load_gpt2_dir(model_dir: Path, config_data: dict[str, Any]) -> GPT:
     config = config_from_gpt2(config_data, model_dir / "config.json")
     hf_state, weights_path = read_gpt2_weights(model_dir)
-    state = gpt2_to_native(hf_state, config)
+    state = gpt2_to_native(hf_state)
     return build_model(config, {k: v.float() for k, v in state.items()}, weights_path)

@@ -76,7 +76,7 @@ class SFTConfig(TrainConfig):
     weight_decay: float | None = None
     precision: str = "fp32"
     eval_every: int = 500
-    val_tokens: int = 1_048_576
+    val_tokens: int | None = None
     sample_every: int = 1000
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_INSTRUCTIONS))
     sample_max_new_tokens: int = 64
@@ -110,7 +110,9 @@ class SFTConfig(TrainConfig):
         "warmup_steps": "steps of linear warmup (default: from --warmup-fraction)",
         "max_lr": "peak learning rate (default: 5e-5 full, 3e-4 LoRA)",
         "weight_decay": "AdamW weight decay on >= 2-D tensors (default: 0.1 full, 0 LoRA)",
-        "val_tokens": "padded tokens per evaluation, over all ranks",
+        "val_tokens": "tokens per evaluation over all ranks, counted padded to the block "
+        "(default: 1,048,576, less on a short run: all evaluations together read at most a "
+        "third as many tokens as training)",
         "sample_prompts": "instructions answered in the periodic samples",
     }
 
@@ -153,6 +155,7 @@ class SFTConfig(TrainConfig):
             else self.micro_batch_size,
             "max_steps": 1 if self.max_steps is None else self.max_steps,
             "warmup_steps": 0 if self.warmup_steps is None else self.warmup_steps,
+            "val_tokens": 1 if self.val_tokens is None else self.val_tokens,
         }
         TrainConfig.validate(dataclasses.replace(self, **placeholders))
 

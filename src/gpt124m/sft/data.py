@@ -60,16 +60,19 @@ class LoadReport:
     def add(self, reason: str, where: str) -> None:
         self.problems[reason].append(where)
 
-    def describe(self) -> str:
+    def reasons(self) -> str:
         parts = []
         for reason, where in sorted(self.problems.items(), key=lambda kv: -len(kv[1])):
             shown = ", ".join(where[:MAX_LOCATIONS]) + (
                 ", ..." if len(where) > MAX_LOCATIONS else ""
             )
             parts.append(f"{len(where)} {reason} ({shown})")
+        return "; ".join(parts)
+
+    def describe(self) -> str:
         return (
             f"{self.source}: {self.malformed} of {self.rows} rows malformed and skipped: "
-            + "; ".join(parts)
+            + self.reasons()
         )
 
 
@@ -168,11 +171,14 @@ def load_examples(source: str) -> tuple[list[Example], LoadReport]:
     report = LoadReport(name)
     rows = _hub_rows() if source == "alpaca" else _read_file(Path(source).expanduser(), report)
     examples = parse_rows(rows, report)
+    if not examples:  # the error carries the report: no warning to repeat it
+        detail = f": {report.reasons()}" if report.malformed else ""
+        raise ValueError(
+            f"--data {source}: no usable examples in {report.rows} rows{detail}; each record "
+            "needs non-empty 'instruction' and 'output' strings (and may have 'input')"
+        )
     if report.malformed:
         log.warning("%s", report.describe())
-    if not examples:
-        detail = f"; {report.describe()}" if report.malformed else ""
-        raise ValueError(f"--data {source}: no usable examples ({report.rows} rows){detail}")
     return examples, report
 
 
@@ -349,15 +355,26 @@ def validation_batches(
     world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The validation examples in order, each rank its own slice of every step; the same
-    batches every time. `max_tokens` caps the padded tokens over all ranks (None: all).
+    batches every time. `max_tokens` caps the tokens over all ranks, counted padded to
+    `seq_len` (None: all); each batch is then cut to its longest example.
     Only whole steps are read, so every rank gets the same number of batches."""
     per_step = batch_size * world_size
-    n_steps = len(examples) // per_step
-    if max_tokens:
-        n_steps = min(n_steps, max(1, max_tokens // (per_step * seq_len)))
+    n_steps = validation_steps(len(examples), per_step, seq_len, max_tokens)
     for s in range(n_steps):
         start = s * per_step + rank * batch_size
-        yield make_batch(examples[start : start + batch_size], seq_len)
+        chunk = examples[start : start + batch_size]
+        # Padding is masked and attention causal, so trimming it changes no loss: it only saves
+        # the compute that padding to the block would waste.
+        yield make_batch(chunk, min(seq_len, max(len(e) for e in chunk) - 1))
+
+
+def validation_steps(n_examples: int, per_step: int, seq_len: int, max_tokens: int | None) -> int:
+    """Whole validation steps of `per_step` examples within `max_tokens` padded to `seq_len`
+    (at least one when there are enough examples for one)."""
+    n_steps = n_examples // per_step
+    if max_tokens:
+        n_steps = min(n_steps, max(1, max_tokens // (per_step * seq_len)))
+    return n_steps
 
 
 # -- the whole preparation ---------------------------------------------------------------------

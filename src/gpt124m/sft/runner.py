@@ -29,16 +29,19 @@ from gpt124m.train.trainer import Hooks, fit, hellaswag_hook, resolve_precision
 
 log = logging.getLogger(__name__)
 
+VAL_TOKENS_CAP = 1_048_576  # the seed's budget per evaluation, in tokens padded to the block
+VAL_SHARE = 3  # validation reads at most a third of the tokens trained on
+
 
 def load_base(source: str, *, dropout: float = 0.0, seed: int = 0) -> GPT:
     """The model to tune: a model directory / hub id, or a preset name (random init)."""
-    from gpt124m.checkpoint import build_model, load_model
+    from gpt124m.checkpoint import build_model, load_for_training
     from gpt124m.config import PRESETS
 
     if source in PRESETS:
         torch.manual_seed(seed)
         return GPT(dataclasses.replace(PRESETS[source].config, dropout=dropout))
-    model = load_model(source)
+    model = load_for_training(source)
     if model.config.dropout != dropout:
         config = dataclasses.replace(model.config, dropout=dropout)
         model = build_model(config, model.state_dict(), Path(source))
@@ -62,6 +65,9 @@ def resolve(cfg: SFTConfig, n_train: int, seq_len: int, world_size: int) -> SFTC
     warmup = cfg.warmup_steps
     if warmup is None:
         warmup = math.ceil(cfg.warmup_fraction * max_steps)
+    val_tokens = cfg.val_tokens
+    if val_tokens is None:
+        val_tokens = auto_val_tokens(max_steps, cfg.batch_size * seq_len, cfg.eval_every)
     return dataclasses.replace(
         cfg,
         seq_len=seq_len,
@@ -69,6 +75,53 @@ def resolve(cfg: SFTConfig, n_train: int, seq_len: int, world_size: int) -> SFTC
         total_batch_tokens=cfg.batch_size * seq_len,
         max_steps=max_steps,
         warmup_steps=warmup,
+        val_tokens=val_tokens,
+    )
+
+
+def auto_val_tokens(max_steps: int, step_tokens: int, eval_every: int) -> int:
+    """The default budget of one evaluation: VAL_TOKENS_CAP, or less on a short run, so that all
+    its evaluations together read at most 1/VAL_SHARE of the tokens it trains on (forward only,
+    so about a ninth of its compute). The seed's 17,551-step run keeps the cap; a 10-step LoRA
+    run validates on one batch, not on its whole validation split twice."""
+    if eval_every <= 0:
+        return VAL_TOKENS_CAP
+    evaluations = 1 + max_steps // eval_every + (1 if max_steps % eval_every else 0)
+    return max(1, min(VAL_TOKENS_CAP, max_steps * step_tokens // (VAL_SHARE * evaluations)))
+
+
+def _describe(cfg: SFTConfig, run: SFTConfig, data: sft_data.SFTData, world_size: int) -> None:
+    """Log what sizes the run: the step count and where it came from, and the validation."""
+    n = len(data.train)
+    if cfg.max_steps:
+        epochs = run.max_steps * cfg.batch_size / n
+        steps = (
+            f"{run.max_steps:,} steps (--max-steps; {epochs:.3g} epochs of batch {cfg.batch_size})"
+        )
+    else:
+        steps = f"{cfg.epochs:g} epochs x {n:,} examples / batch {cfg.batch_size} -> {run.max_steps:,} steps"
+    log.info(
+        "SFT (%s): %s examples, %s, warmup %d, lr %.2e -> %.2e",
+        cfg.method,
+        f"{n:,}",
+        steps,
+        run.warmup_steps,
+        run.max_lr,
+        run.min_lr,
+    )
+    if not run.eval_every or not data.val:
+        return
+    per_step = min(run.micro_batch_size, len(data.val) // world_size) * world_size
+    if per_step < 1:
+        return
+    steps = sft_data.validation_steps(len(data.val), per_step, run.seq_len, run.val_tokens)
+    scaled = cfg.val_tokens is None and run.val_tokens < VAL_TOKENS_CAP
+    log.info(
+        "validation: %d of %d examples per evaluation (budget %s tokens%s)",
+        steps * per_step,
+        len(data.val),
+        f"{run.val_tokens:,}",
+        ", scaled down to this short run; --val-tokens to choose" if scaled else "",
     )
 
 
@@ -119,6 +172,7 @@ def _val_hook(cfg: SFTConfig, val: list, info: distributed.Dist):
 def sft(cfg: SFTConfig) -> dict[str, Any]:
     """Run instruction tuning as `cfg` says; returns the run summary (with output paths)."""
     cfg.validate()
+    checkpointing.check_resume(cfg.resume)  # before loading the model and the data
     info = distributed.init(cfg.device)
     try:
         model = load_base(cfg.base, dropout=cfg.dropout, seed=cfg.seed)
@@ -135,18 +189,6 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
             split_seed=cfg.split_seed,
         )
         run_cfg = resolve(cfg, len(data.train), data.seq_len, info.world_size)
-        log.info(
-            "SFT (%s): %d train examples, %s epochs, batch %d -> %d steps, warmup %d, "
-            "lr %.2e -> %.2e",
-            cfg.method,
-            len(data.train),
-            f"{cfg.epochs:g}",
-            cfg.batch_size,
-            run_cfg.max_steps,
-            run_cfg.warmup_steps,
-            run_cfg.max_lr,
-            run_cfg.min_lr,
-        )
         if cfg.method == "lora":
             from gpt124m.sft.lora import apply_lora
 
@@ -161,6 +203,8 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
             )
         amp = resolve_precision(run_cfg.precision, info.device)
         run_cfg = autobatch.resolve(run_cfg, model, info, None if amp == torch.float32 else amp)
+        if info.is_main:
+            _describe(cfg, run_cfg, data, info.world_size)
         batches = sft_data.SFTBatches(
             data.train,
             batch_size=run_cfg.micro_batch_size,

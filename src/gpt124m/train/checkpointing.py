@@ -205,6 +205,26 @@ def set_aside_newer(ckpt_root: Path, step: int) -> list[Path]:
     return moved
 
 
+def check_resume(resume: str) -> Path | None:
+    """The checkpoint `--resume` names (None for `none` and `auto`), or an error that says what
+    the path is instead: missing, a file, a model directory, or something else."""
+    if resume in ("none", "auto"):
+        return None
+    path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory")
+    if not path.is_dir():
+        raise NotADirectoryError(f"--resume {resume}: a file, not a checkpoint directory")
+    if not (path / STATE_NAME).is_file():
+        what = "a model directory" if (path / "config.json").is_file() else "a directory"
+        raise ValueError(
+            f"--resume {resume}: {what}, not a training checkpoint (no {STATE_NAME}); resume "
+            "from OUT_DIR/checkpoints/step_N or `auto`, or start a new run from a model "
+            "directory's weights with --model (train) or --base (sft)"
+        )
+    return path
+
+
 def find_resumable(ckpt_root: Path) -> Path | None:
     """Newest checkpoint that verifies; corrupt ones are reported and skipped."""
     for path in reversed(list_checkpoints(ckpt_root)):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.resources
+import logging
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -59,7 +63,7 @@ class TrainConfig:
     # periodic work (0 disables)
     log_every: int = 1
     eval_every: int = 250
-    val_tokens: int = 65_536
+    val_tokens: int = 16_384
     sample_every: int = 1000
     sample_prompts: list[str] = field(
         default_factory=lambda: ["Hello, I'm a language model,", "The meaning of life is"]
@@ -155,6 +159,8 @@ class TrainConfig:
             raise bad("schedule", f"choose from {', '.join(SCHEDULES)}")
         if self.parallel not in PARALLEL:
             raise bad("parallel", f"choose from {', '.join(PARALLEL)}")
+        if not self.max_lr > 0:
+            raise bad("max_lr", "must be positive")
         if not 0 <= self.min_lr <= self.max_lr:
             raise bad("min_lr", f"must be between 0 and --max-lr ({self.max_lr})")
         if not 0 < self.decay_fraction <= 1:
@@ -179,6 +185,28 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+MAX_STEPS_ENV = "GPT124M_MAX_STEPS"
+
+
+def apply_step_cap(cfg):
+    """`cfg`, stopped after at most $GPT124M_MAX_STEPS optimizer steps when that is set: a smoke
+    test of a script or of README's commands at full size but a few steps (tests/test_readme.py).
+    The schedule then spans the capped run, so the result is only a smoke test's."""
+    value = os.environ.get(MAX_STEPS_ENV, "").strip()
+    if not value:
+        return cfg
+    try:
+        cap = int(value)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise ValueError(f"{MAX_STEPS_ENV}={value!r}: must be a positive number of steps")
+    if cfg.max_steps <= cap:
+        return cfg
+    log.warning("%s=%d: stopping after %d of the %d steps", MAX_STEPS_ENV, cap, cap, cfg.max_steps)
+    return dataclasses.replace(cfg, max_steps=cap)
 
 
 RECIPE_DIR = "recipes"

@@ -168,8 +168,28 @@ class MetricsLog:
         return records
 
 
-def plot_curves(records: list[dict[str, Any]], out_path: Path, title: str = "") -> Path | None:
-    """Train loss, val loss and (if present) HellaSwag acc_norm against tokens seen."""
+def human_count(x: float, _pos: object = None) -> str:
+    """A tick label for a count: 0, 950, 150k, 1.2M, 10B."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Centred moving average over `window` points (odd), narrower at the ends: a trend with no
+    lag, for drawing over the raw, noisy training loss."""
+    half = window // 2
+    out = []
+    for i in range(len(values)):
+        part = values[max(0, i - half) : i + half + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
+def curves_figure(records: list[dict[str, Any]], title: str = ""):
+    """Train loss (raw, and smoothed over ~1/25 of the run), val loss and (if present)
+    HellaSwag acc_norm against tokens seen; None when there is nothing to draw."""
     train = [(r["tokens"], r["loss"]) for r in records if r.get("kind") == "train"]
     val = [(r["tokens"], r["loss"]) for r in records if r.get("kind") == "val"]
     hella = [(r["tokens"], r["acc_norm"]) for r in records if r.get("kind") == "hellaswag"]
@@ -179,19 +199,24 @@ def plot_curves(records: list[dict[str, Any]], out_path: Path, title: str = "") 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     ncols = 2 if hella else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.2), squeeze=False)
     ax = axes[0][0]
     if train:
         xs, ys = zip(*train, strict=True)
-        ax.plot(xs, ys, lw=0.8, alpha=0.7, label="train")
+        window = len(ys) // 25 * 2 + 1
+        if window > 1:
+            ax.plot(xs, ys, lw=0.6, alpha=0.3, color="tab:blue", label="train")
+            ax.plot(xs, smooth(list(ys), window), lw=1.6, color="tab:blue",
+                    label=f"train, smoothed ({window} steps)")  # fmt: skip
+        else:
+            ax.plot(xs, ys, lw=0.8, alpha=0.7, color="tab:blue", label="train")
     if val:
         xs, ys = zip(*val, strict=True)
-        ax.plot(xs, ys, "o-", ms=3, label="val")
-    ax.set_xlabel("tokens seen")
+        ax.plot(xs, ys, "o-", ms=3, color="tab:orange", label="val")
     ax.set_ylabel("loss (nats/token)")
-    ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title or "loss")
     if hella:
@@ -201,11 +226,23 @@ def plot_curves(records: list[dict[str, Any]], out_path: Path, title: str = "") 
         for value, label, style in ((0.2955, "GPT-2 124M", "--"), (0.337, "GPT-3 Small", ":")):
             ax.axhline(value, ls=style, color="gray", lw=1)
             ax.annotate(label, (xs[0], value), fontsize=8, va="bottom")
-        ax.set_xlabel("tokens seen")
         ax.set_ylabel("HellaSwag acc_norm")
-        ax.grid(alpha=0.3)
         ax.set_title("HellaSwag")
+    for ax in axes[0]:
+        ax.set_xlabel("tokens seen")
+        ax.xaxis.set_major_formatter(FuncFormatter(human_count))
+        ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(records: list[dict[str, Any]], out_path: Path, title: str = "") -> Path | None:
+    """`curves_figure` as a PNG, written atomically; None when there is nothing to draw."""
+    fig = curves_figure(records, title)  # selects the Agg backend before pyplot is imported
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -25,7 +25,7 @@ from gpt124m.device import to_device, use_tf32
 from gpt124m.eval._runtime import all_reduce_sum
 from gpt124m.model import GPT, IGNORE_INDEX
 from gpt124m.train import autobatch, checkpointing, distributed
-from gpt124m.train.config import TrainConfig
+from gpt124m.train.config import TrainConfig, apply_step_cap
 from gpt124m.train.loggers import build_trackers
 from gpt124m.train.metrics import (
     MetricsLog,
@@ -234,10 +234,7 @@ class _Run:
             if found is None:
                 log.info("no checkpoint in %s: starting fresh", self.ckpt_root)
             return Path(found) if found else None
-        path = Path(cfg.resume)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--resume {cfg.resume}: no such checkpoint directory")
-        return path
+        return checkpointing.check_resume(cfg.resume)
 
     def _flops_per_token(self) -> float:
         config = getattr(self.raw, "config", None)
@@ -559,6 +556,7 @@ def fit(
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `model` (forward(x, y) -> (logits, loss)) on `data` as `cfg` says; returns the summary."""
+    cfg = apply_step_cap(cfg)
     cfg.validate()
     info = info or distributed.init(cfg.device)
     run = _Run(cfg, model, data, hooks or Hooks(), info, metadata or {})
@@ -582,9 +580,10 @@ def sample_texts(model: GPT, prompts: list[str], max_new_tokens: int, seed: int)
 
 def pretrain(cfg: TrainConfig) -> dict[str, Any]:
     """Pretrain on prepared token shards; writes checkpoints and a final model directory."""
-    from gpt124m.data.loader import TokenLoader, validation_batches
+    from gpt124m.data.loader import TokenLoader, validation_batches, validation_budget
 
     cfg.validate()
+    checkpointing.check_resume(cfg.resume)  # before any work, not after the model and data
     info = distributed.init(cfg.device)
     try:
         model = _initial_model(cfg)
@@ -602,12 +601,15 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
             world_size=info.world_size,
             seed=cfg.seed,
         )
+        val_tokens = cfg.val_tokens
+        if cfg.eval_every > 0:
+            val_tokens = validation_budget(cfg.data_dir, cfg.val_tokens, say=info.is_main)
         hooks = Hooks(
             val_batches=lambda: validation_batches(
                 cfg.data_dir,
                 batch_size=cfg.micro_batch_size,
                 seq_len=cfg.seq_len,
-                max_tokens=cfg.val_tokens,
+                max_tokens=val_tokens,
                 rank=info.rank,
                 world_size=info.world_size,
             ),
@@ -633,9 +635,9 @@ def _initial_model(cfg: TrainConfig) -> GPT:
     if cfg.model in PRESETS:
         config = dataclasses.replace(PRESETS[cfg.model].config, dropout=cfg.dropout)
         return GPT(config)
-    from gpt124m.checkpoint import load_model
+    from gpt124m.checkpoint import load_for_training
 
-    return load_model(cfg.model).train()
+    return load_for_training(cfg.model)
 
 
 def hellaswag_hook(cfg: TrainConfig):

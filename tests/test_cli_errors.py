@@ -1,0 +1,145 @@
+"""Bad input to `train`, `sft` and `quickstart`, through the real command (`python -m gpt124m`):
+one line on stderr naming the problem, exit code 2, no traceback, and the output directory
+(which already holds a previous run's file) left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpt124m.data.prepare import PrepareConfig, prepare
+
+SENTINEL = "previous run's results\n"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_model_dir):
+    """Good inputs to break one at a time: token shards, an Alpaca file, a model directory."""
+    root = tmp_path_factory.mktemp("inputs")
+    docs = root / "docs"
+    docs.mkdir()
+    for i in range(8):
+        (docs / f"doc{i}.txt").write_text(" ".join(f"word{(i * 5 + j) % 31}" for j in range(200)))
+    prepare(
+        PrepareConfig(
+            source=str(docs), out_dir=str(root / "shards"), shard_tokens=2000, val_tokens=500
+        )
+    )
+    (root / "empty").mkdir()
+    alpaca = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(6)]
+    (root / "alpaca.json").write_text(json.dumps(alpaca))
+    qa = [{"question": "What is 2 + 2?", "answer": "4"}, {"question": "Hi?", "answer": "Hello."}]
+    (root / "qa.json").write_text(json.dumps(qa))
+    (root / "a_file.txt").write_text("not a directory\n")
+    return {"root": root, "model": tiny_model_dir}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def fails_cleanly(tmp_path: Path, argv: list[str], *expected: str, previous=("metrics.jsonl",)):
+    """Run `gpt124m ARGV --out-dir OUT` with OUT holding a previous run's files; return the
+    error line."""
+    out = tmp_path / "out"
+    for name in previous:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(SENTINEL)
+    before = snapshot(out)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt124m", *argv, "--out-dir", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"gpt124m {argv[0]}: error: "), lines[0]
+    for text in expected:
+        assert text in lines[0]
+    assert proc.stdout == ""
+    assert snapshot(out) == before  # nothing overwritten, nothing added
+    return lines[0]
+
+
+def train_argv(inputs, *flags) -> list[str]:
+    settings = ["--model", "tiny", "--data-dir", str(inputs["root"] / "shards"), "--seq-len", "32"]
+    return ["train", *settings, "--max-steps", "2", *flags]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--data-dir", "{root}/missing"], ["missing", "not found"]),
+        (["--data-dir", "{root}/empty"], ["empty", "not a prepared data directory"]),
+        (["--resume", "{root}/missing"], ["--resume", "no such checkpoint directory"]),
+        (["--resume", "{root}/a_file.txt"], ["--resume", "not a checkpoint directory"]),
+        (["--resume", "{model}"], ["--resume", "a model directory, not a training checkpoint"]),
+        (["--precision", "fp12"], ["--precision 'fp12'", "fp32"]),
+        (["--max-lr", "-1"], ["--max-lr -1.0: must be positive"]),
+        (["--max-lr", "1e-4", "--min-lr", "1e-3"], ["--min-lr 0.001", "--max-lr"]),
+    ],
+)
+def test_train_bad_input(tmp_path, inputs, flags, expected):
+    flags = [f.format(root=inputs["root"], model=inputs["model"]) for f in flags]
+    fails_cleanly(tmp_path, train_argv(inputs, *flags), *expected)
+
+
+def sft_argv(inputs, *flags) -> list[str]:
+    settings = ["--base", "tiny", "--data", str(inputs["root"] / "alpaca.json")]
+    return ["sft", *settings, "--max-steps", "1", "--batch-size", "2", *flags]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--data", "{root}/qa.json"], ["no usable examples", "2 missing 'instruction'"]),
+        (["--data", "{root}/missing.json"], ["missing.json: no such file"]),
+        (["--resume", "{root}/missing"], ["--resume", "no such checkpoint directory"]),
+        (["--resume", "{model}"], ["--resume", "a model directory, not a training checkpoint"]),
+        (["--precision", "fp12"], ["--precision 'fp12'"]),
+        (["--max-lr", "-1"], ["--max-lr -1.0: must be positive"]),
+    ],
+)
+def test_sft_bad_input(tmp_path, inputs, flags, expected):
+    flags = [f.format(root=inputs["root"], model=inputs["model"]) for f in flags]
+    line = fails_cleanly(tmp_path, sft_argv(inputs, *flags), *expected)
+    assert line.count("missing 'instruction'") <= 1  # the reasons are given once
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--precision", "fp12"], ["--precision 'fp12'"]),
+        (["--max-steps", "0"], ["--max-steps 0: must be positive"]),
+    ],
+)
+def test_quickstart_bad_input(tmp_path, flags, expected):
+    # quickstart replaces a previous run's checkpoints, but not when the command is wrong
+    previous = ("metrics.jsonl", "checkpoints/step_0000080/model.safetensors")
+    fails_cleanly(tmp_path, ["quickstart", *flags], *expected, previous=previous)
+
+
+def test_quickstart_out_dir_that_is_a_file(tmp_path):
+    target = tmp_path / "a_file"
+    target.write_text(SENTINEL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt124m", "quickstart", "--out-dir", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"gpt124m quickstart: error: --out-dir {target}: a file, not a directory"
+    ]
+    assert target.read_text() == SENTINEL

@@ -1,0 +1,131 @@
+"""No silent wrong answers: untied heads refused, bf16 weights trained in fp32, small vocabularies
+padded with their own ids."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt124m.checkpoint import load_for_training, load_model, save_pretrained
+from gpt124m.config import get_preset
+from gpt124m.generate import GenerationConfig, generate
+from gpt124m.model import GPT
+from gpt124m.train.config import TrainConfig
+from gpt124m.train.trainer import fit
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_untied_gpt2_head_is_refused_naming_the_file(tmp_path):
+    config = transformers.GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=32, tie_word_embeddings=False
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    assert not torch.equal(model.lm_head.weight, model.transformer.wte.weight)  # precondition
+    model.save_pretrained(tmp_path / "untied")
+    with pytest.raises(ValueError, match=r"config.json.*untied output head"):
+        load_model(tmp_path / "untied")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpt124m",
+            "generate",
+            "--model",
+            str(tmp_path / "untied"),
+            "--prompt",
+            "Hi",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,  # fmt: skip
+    )
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
+    assert "untied" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_head_that_differs_from_wte_is_refused_even_if_the_config_says_tied(tmp_path):
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=32)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    state = load_file(weights)
+    wte = state["transformer.wte.weight"]
+    state["lm_head.weight"] = wte + 1.0
+    save_file(state, weights)
+    with pytest.raises(ValueError, match=r"model.safetensors.*lm_head.weight differs"):
+        load_model(tmp_path / "m")
+
+
+def test_training_from_bf16_weights_keeps_fp32_master_weights(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny"))
+    bf16_dir = save_pretrained(model.to(torch.bfloat16), tmp_path / "bf16", tokenizer_files=False)
+    fp32_dir = save_pretrained(model.float(), tmp_path / "fp32", tokenizer_files=False)
+    assert load_model(bf16_dir).transformer.wte.weight.dtype == torch.bfloat16  # precondition
+
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, 1000, (4, 33), generator=g) for _ in range(4)]
+
+    class Source:
+        i = 0
+
+        def next_batch(self):
+            b = batches[self.i % 4]
+            self.i += 1
+            return b[:, :-1], b[:, 1:]
+
+        def state_dict(self):
+            return {"i": self.i}
+
+        def load_state_dict(self, s):
+            self.i = s["i"]
+
+    def train(source_dir, name):
+        # lr small enough that bf16 weights would round most updates away
+        cfg = TrainConfig(
+            out_dir=str(tmp_path / name), seq_len=32, micro_batch_size=4,
+            total_batch_tokens=128, max_steps=4, warmup_steps=1, max_lr=1e-5, min_lr=1e-6, precision="fp32",
+            eval_every=0, sample_every=0, checkpoint_every=4, log_every=1,
+        )  # fmt: skip
+        with caplog.at_level(logging.INFO, logger="gpt124m"):
+            m = load_for_training(source_dir)
+        assert all(p.dtype == torch.float32 for p in m.parameters())
+        fit(cfg, m, Source())
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        losses = [json.loads(r)["loss"] for r in lines if json.loads(r).get("kind") == "train"]
+        return losses, m
+
+    losses_bf16, m_bf16 = train(bf16_dir, "from_bf16")
+    assert "bfloat16 weights" in caplog.text and "float32 master weights" in caplog.text
+    losses_fp32, m_fp32 = train(fp32_dir, "from_fp32")
+    assert losses_bf16 == pytest.approx(losses_fp32, abs=1e-6)
+    for a, b in zip(m_bf16.parameters(), m_fp32.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    start = load_model(fp32_dir).transformer.h[0].mlp.c_fc.weight
+    assert not torch.equal(m_bf16.transformer.h[0].mlp.c_fc.weight, start)  # it did learn
+    final = load_model(tmp_path / "from_bf16" / "checkpoints" / "step_0000004")
+    assert final.transformer.wte.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("eos", [50256, None])
+def test_ragged_batches_on_a_small_vocabulary(eos):
+    torch.manual_seed(0)
+    model = GPT(dataclasses.replace(get_preset("tiny"), vocab_size=200)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    prompts = [[5, 17, 3, 99, 150], [7], [1, 2]]
+    cfg = GenerationConfig(max_new_tokens=10, eos_token_id=eos)
+    together = generate(model, prompts, cfg)
+    assert together == [generate(model, [p], cfg)[0] for p in prompts]
+    assert all(0 <= t < 200 for row in together for t in row)

@@ -1,0 +1,82 @@
+"""What `gpt124m train` tells the user, through the real command: a validation budget larger than
+the val split is explained once, and $GPT124M_MAX_STEPS caps a run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gpt124m.data.prepare import PrepareConfig, prepare
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    text = root / "corpus.txt"
+    text.write_text("\n\n".join(f"Paragraph {i}: " + "some words here " * 40 for i in range(30)))
+    out = root / "shards"
+    prepare(
+        PrepareConfig(
+            source=str(text),
+            out_dir=str(out),
+            split_lines=True,
+            shard_tokens=2000,
+            val_tokens=300,
+            workers=1,
+            progress=False,
+        )
+    )
+    return out
+
+
+def train(data_dir, out_dir, *extra, env=None):
+    argv = [
+        sys.executable, "-m", "gpt124m", "train",
+        "--model", "tiny",
+        "--data-dir", str(data_dir),
+        "--out-dir", str(out_dir),
+        "--seq-len", "16",
+        "--micro-batch-size", "2",
+        "--total-batch-tokens", "32",
+        "--warmup-steps", "1",
+        "--sample-every", "0",
+        "--checkpoint-every", "0",
+        "--precision", "fp32",
+        *extra,
+    ]  # fmt: skip
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+
+
+def test_a_validation_budget_beyond_the_split_is_explained_once(data_dir, tmp_path):
+    result = train(data_dir, tmp_path / "run", "--max-steps", "3", "--eval-every", "1",
+                   "--val-tokens", "65536")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "65,536" in line]
+    assert len(lines) == 1, result.stderr
+    assert "299 tokens" in lines[0] and "every evaluation reads all 299" in lines[0]
+    assert "token budget" not in result.stderr
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "val" for r in records) == 4  # step 0 and after each step
+
+
+def test_max_steps_environment_variable_caps_the_run(data_dir, tmp_path):
+    env = {"GPT124M_MAX_STEPS": "2"}
+    result = train(data_dir, tmp_path / "run", "--max-steps", "50", "--eval-every", "0", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "GPT124M_MAX_STEPS=2: stopping after 2 of the 50 steps" in result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["training"]["max_steps"] == 2  # the run records what it did
+
+    bad = train(data_dir, tmp_path / "bad", env={"GPT124M_MAX_STEPS": "lots"})
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "GPT124M_MAX_STEPS='lots': must be a positive number of steps" in bad.stderr
