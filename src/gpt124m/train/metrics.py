@@ -275,3 +275,31 @@ def run_summary(
         "grid_gco2_per_kwh": grid_gco2_per_kwh,
         "co2_kg": round(energy_kwh * grid_gco2_per_kwh / 1000, 6),
     }
+
+
+class StepClock:
+    """Mean seconds per training step since the last report, without a sync per step: the
+    clock runs while steps are queued and stops (after waiting for the device) for logging and
+    periodic work, so evaluation and checkpoints never count as step time."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.busy, self.steps = 0.0, 0
+        self.mark: float | None = time.perf_counter()
+
+    def count_step(self) -> None:
+        self.steps += 1
+
+    def pause(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.busy += time.perf_counter() - self.mark
+        self.mark = None
+
+    def resume(self) -> None:
+        self.mark = time.perf_counter()
+
+    def take_step_time(self) -> float:
+        dt = self.busy / max(self.steps, 1)
+        self.busy, self.steps = 0.0, 0
+        return dt

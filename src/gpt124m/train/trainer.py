@@ -29,6 +29,7 @@ from gpt124m.train.config import TrainConfig, apply_step_cap
 from gpt124m.train.loggers import build_trackers
 from gpt124m.train.metrics import (
     MetricsLog,
+    StepClock,
     device_power_watts,
     format_duration,
     peak_flops,
@@ -41,6 +42,7 @@ from gpt124m.train.schedule import lr_at
 log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+STATS_EVERY = 50  # read step statistics back at least this often when nothing is logged
 
 
 class BatchSource(Protocol):
@@ -448,7 +450,7 @@ class _Run:
             self.evaluate()
         start = time.perf_counter()
         first_step = self.step
-        clock = _StepClock(self.device)
+        clock = StepClock(self.device)
         while self.step < cfg.max_steps:
             self.train_step()
             clock.count_step()
@@ -513,37 +515,6 @@ class _Run:
                 summary["co2_kg"],
             )
         return summary
-
-
-STATS_EVERY = 50  # settle (sync and check) at least this often when nothing is logged
-
-
-class _StepClock:
-    """Mean seconds per training step since the last report, without a sync per step: the
-    clock runs while steps are queued and stops (after waiting for the device) for logging and
-    periodic work, so evaluation and checkpoints never count as step time."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.busy, self.steps = 0.0, 0
-        self.mark: float | None = time.perf_counter()
-
-    def count_step(self) -> None:
-        self.steps += 1
-
-    def pause(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.busy += time.perf_counter() - self.mark
-        self.mark = None
-
-    def resume(self) -> None:
-        self.mark = time.perf_counter()
-
-    def take_step_time(self) -> float:
-        dt = self.busy / max(self.steps, 1)
-        self.busy, self.steps = 0.0, 0
-        return dt
 
 
 def fit(
