@@ -109,10 +109,13 @@ def run_and_kill_after_step(argv, nproc, step):
     assert any(line.startswith(f"step {step + 1:>6}/") for line in seen), "".join(seen)
 
 
-@pytest.mark.parametrize("nproc, parallel", [(1, "ddp"), (2, "ddp"), (2, "fsdp")])
-def test_sigkill_then_resume_is_bit_exact(tmp_path, data_dir, nproc, parallel):
+@pytest.mark.parametrize(
+    "nproc, parallel, optimizer",
+    [(1, "ddp", "adamw"), (2, "ddp", "adamw"), (2, "fsdp", "adamw"), (2, "ddp", "muon")],
+)
+def test_sigkill_then_resume_is_bit_exact(tmp_path, data_dir, nproc, parallel, optimizer):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    extra = ("--parallel", parallel)
+    extra = ("--parallel", parallel, "--optimizer", optimizer)
     run_to_end(train_argv(data_dir, straight, *extra), nproc)
     run_and_kill_after_step(train_argv(data_dir, interrupted, *extra), nproc, step=N)
     killed_at = losses(interrupted)
