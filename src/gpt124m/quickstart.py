@@ -1,20 +1,25 @@
 """`gpt124m quickstart`: the whole pretraining flow, offline, in a few CPU minutes.
 
-It prepares the corpus bundled with the package, trains the `quickstart` recipe, and reports where
-the data, checkpoints, curves and final model are, with a sample from the model.
+It prepares the corpus bundled with the package, trains the `quickstart` recipe, and reports how
+far the model got (validation loss before and after, greedy and sampled text from its prompts),
+where the data, checkpoints, curves and final model are, and the command that trains it further.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from gpt124m.train.config import TrainConfig, load_recipe
 
 log = logging.getLogger(__name__)
+
+GREEDY_TOKENS = 32
 
 
 def run_quickstart(
@@ -25,10 +30,9 @@ def run_quickstart(
 ) -> dict[str, Any]:
     """`precision` None keeps the recipe's `auto` (bf16 where the CPU runs it natively)."""
     from gpt124m.data.prepare import PrepareConfig, prepare
-    from gpt124m.generate import GenerationConfig, generate_text
-    from gpt124m.tokenizer import get_tokenizer
     from gpt124m.train.trainer import pretrain
 
+    started = time.perf_counter()
     out = Path(out_dir)
     data_dir = out / "data"
     cfg = TrainConfig(**load_recipe("quickstart"))
@@ -49,34 +53,59 @@ def run_quickstart(
         )
     )
     summary = pretrain(cfg)
+    greedy, sampled = _samples(Path(summary["model_dir"]), cfg.sample_prompts)
+    val = _val_losses(out)
+    print(_report(cfg, summary, val, greedy, sampled, time.perf_counter() - started))
+    return {**summary, "val_losses": val, "greedy": greedy, "sampled": sampled}
 
-    from gpt124m.checkpoint import load_model
+
+def _val_losses(out: Path) -> list[float]:
     from gpt124m.train.metrics import MetricsLog
 
+    return [r["loss"] for r in MetricsLog(out / "metrics.jsonl").read() if r["kind"] == "val"]
+
+
+def _samples(model_dir: Path, prompts: list[str]) -> tuple[list[str], list[str]]:
+    """Greedy and sampled continuations of each prompt, from the saved model."""
+    from gpt124m.checkpoint import load_model
+    from gpt124m.generate import GenerationConfig, generate_text
+    from gpt124m.tokenizer import get_tokenizer
+
+    model, tok = load_model(model_dir), get_tokenizer()
+    greedy = generate_text(model, tok, prompts, GenerationConfig(max_new_tokens=GREEDY_TOKENS))
+    sampling = GenerationConfig(
+        max_new_tokens=48, do_sample=True, temperature=0.8, top_k=40, seed=0
+    )
+    return greedy, generate_text(model, tok, prompts, sampling)
+
+
+def continue_command(cfg: TrainConfig, model_dir: Path) -> str:
+    """The command that trains the quickstart's model further (a new run from its weights)."""
+    argv = ["gpt124m", "train", "--config", "quickstart", "--model", str(model_dir)]
+    argv += ["--data-dir", cfg.data_dir, "--out-dir", f"{cfg.out_dir.rstrip('/')}-more"]
+    argv += ["--max-steps", str(max(1000, 5 * cfg.max_steps))]
+    return shlex.join(argv)
+
+
+def _report(cfg, summary, val, greedy, sampled, wall) -> str:
     model_dir = Path(summary["model_dir"])
-    val = [r["loss"] for r in MetricsLog(out / "metrics.jsonl").read() if r["kind"] == "val"]
-    model = load_model(model_dir)
-    prompt = cfg.sample_prompts[0]
-    text = generate_text(
-        model,
-        get_tokenizer(),
-        [prompt],
-        GenerationConfig(max_new_tokens=60, do_sample=True, top_k=40, seed=0),
-    )[0]
-    report = [
+    show = lambda text: text.replace("\n", "\\n")  # noqa: E731 - one sample per line
+    lines = [
         "",
-        f"val loss: {val[0]:.3f} at step 0 -> {val[-1]:.3f} after {summary['steps']} steps "
-        f"({summary['tokens_seen']:,} tokens, {summary['wall_time_s']:.0f} s)",
+        f"validation loss: {val[0]:.2f} at the start -> {val[-1]:.2f} after {summary['steps']} "
+        f"steps ({summary['tokens_seen']:,} tokens; {wall:.0f} s in all)",
         "",
-        f"sample: {prompt}{text}",
-        "",
-        f"data        {data_dir}/",
-        f"checkpoints {out / 'checkpoints'}/",
-        f"metrics     {out / 'metrics.jsonl'}",
-        f"curves      {out / 'curves.png'}",
+    ]
+    for prompt, g, s in zip(cfg.sample_prompts, greedy, sampled, strict=True):
+        lines += [f"greedy  | {show(prompt + g)}", f"sampled | {show(prompt + s)}", ""]
+    lines += [
+        f"data        {cfg.data_dir}/",
+        f"checkpoints {Path(cfg.out_dir) / 'checkpoints'}/",
+        f"metrics     {Path(cfg.out_dir) / 'metrics.jsonl'}",
+        f"curves      {Path(cfg.out_dir) / 'curves.png'}",
         f"model       {model_dir}/",
         "",
-        f'next: gpt124m generate --model {model_dir} --prompt "{prompt}"',
+        f"generate:          gpt124m generate --model {model_dir} --prompt {shlex.quote(cfg.sample_prompts[0])}",
+        f"continue training: {continue_command(cfg, model_dir)}",
     ]
-    print("\n".join(report))
-    return {**summary, "val_losses": val}
+    return "\n".join(lines)

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from gpt124m.data import shards as fmt
-from gpt124m.data.loader import TokenLoader, load_shard, token_batches, validation_batches
+from gpt124m.data.loader import (
+    TokenLoader,
+    WindowPermutation,
+    load_shard,
+    token_batches,
+    validation_batches,
+)
 
 SIZES = (1000, 700, 1300, 450)
 
@@ -17,9 +23,23 @@ def data_dir(tmp_path, make_data_dir):
     return make_data_dir(tmp_path / "d", train, val=[ids[sum(SIZES) :]])
 
 
-def epoch_stream(loader, data_dir):
-    order = loader.state_dict()["shard_order"]
-    return np.concatenate([load_shard(data_dir / name) for name in order]).astype(np.int64)
+SHARD_FIRST = np.cumsum([0, *SIZES[:-1]])  # first token id of each train shard
+
+
+def locate(row):
+    """(shard, offset) of a window, found from its first token id (ids are unique)."""
+    shard = int(np.searchsorted(SHARD_FIRST, int(row[0]), side="right")) - 1
+    return shard, int(row[0]) - int(SHARD_FIRST[shard])
+
+
+def read_epoch(loaders):
+    """One epoch's windows from every rank: rows of x with y's last token appended."""
+    rows = []
+    for _ in range(loaders[0].steps_per_epoch):
+        for loader in loaders:
+            x, y = loader.next_batch()
+            rows.extend(torch.cat([x, y[:, -1:]], dim=1).numpy())
+    return rows
 
 
 def test_load_shard_roundtrip(tmp_path):
@@ -29,11 +49,16 @@ def test_load_shard_roundtrip(tmp_path):
     assert (tmp_path / "s.bin").stat().st_size == fmt.HEADER_SIZE + 2 * len(tokens)
 
 
-def test_batches_are_shifted_pairs(data_dir):
+def test_batches_are_shifted_windows_of_the_data(data_dir):
     x, y = TokenLoader(data_dir, batch_size=3, seq_len=8).next_batch()
     assert x.shape == y.shape == (3, 8) and x.dtype == y.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])
-    assert torch.equal(x.flatten()[1:], y.flatten()[:-1])
+    rows = torch.cat([x, y[:, -1:]], dim=1)
+    # every row is 9 consecutive tokens of one shard (ids count up through each shard)
+    assert torch.equal(rows[:, 1:] - rows[:, :-1], torch.ones(3, 8, dtype=torch.int64))
+    for row in rows.numpy():
+        shard, offset = locate(row)
+        assert offset + 9 <= SIZES[shard]
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -43,36 +68,61 @@ def test_ranks_are_disjoint_and_cover_each_epoch(data_dir, world_size):
         TokenLoader(data_dir, batch_size=B, seq_len=T, rank=r, world_size=world_size, seed=7)
         for r in range(world_size)
     ]
-    steps = loaders[0].steps_per_epoch
-    assert steps == (sum(SIZES) - 1) // (world_size * B * T)
+    shifts_by_epoch = []
     for epoch in range(3):
-        seen = []
-        for loader in loaders:
-            for _ in range(steps):
-                x, y = loader.next_batch()
-                assert loader.epoch == epoch
-                seen.append(x.flatten().numpy())
-        stream = epoch_stream(loaders[0], data_dir)  # the order of the epoch just read
-        seen = np.concatenate(seen)
-        assert len(np.unique(seen)) == len(seen), "ranks overlapped"
-        covered = steps * world_size * B * T
-        assert set(seen.tolist()) == set(stream[:covered].tolist())
-        assert len(stream) - covered < world_size * B * T + 1
+        assert all(loader.epoch == epoch for loader in loaders)
+        rows = read_epoch(loaders)
+        xs = np.concatenate([row[:-1] for row in rows])
+        assert len(np.unique(xs)) == len(xs), "ranks (or steps) overlapped"
+        where = [locate(row) for row in rows]
+        # each shard is cut at one shift this epoch, and the epoch covers all its windows but
+        # fewer than one step's worth (the last partial step)
+        shifts = {}
+        for shard, offset in where:
+            assert shifts.setdefault(shard, offset % T) == offset % T
+        every = {
+            (shard, start)
+            for shard, shift in shifts.items()
+            for start in range(shift, SIZES[shard] - T, T)
+        }
+        assert set(where) <= every
+        assert len(shifts) == len(SIZES)
+        assert len(every) - len(where) < world_size * B
+        shifts_by_epoch.append(tuple(sorted(shifts.items())))
+    assert len(set(shifts_by_epoch)) > 1, "the windows' cut points should move between epochs"
 
 
-def test_shard_order_is_shuffled_per_epoch_from_the_seed(data_dir):
-    loader = TokenLoader(data_dir, batch_size=2, seq_len=16, seed=1)
-    orders = []
-    for _ in range(6):
-        orders.append(tuple(loader.state_dict()["shard_order"]))
-        for _ in range(loader.steps_per_epoch):
-            loader.next_batch()
-        loader.next_batch()  # first batch of the next epoch
-    assert len(set(orders)) > 1
-    again = TokenLoader(data_dir, batch_size=2, seq_len=16, seed=1)
-    assert tuple(again.state_dict()["shard_order"]) == orders[0]
-    other = [TokenLoader(data_dir, batch_size=2, seq_len=16, seed=s) for s in range(2, 8)]
-    assert {tuple(o.state_dict()["shard_order"]) for o in other} != {orders[0]}
+def test_steps_draw_from_places_spread_over_the_data(data_dir):
+    rows = read_epoch([TokenLoader(data_dir, batch_size=4, seq_len=16, seed=3)])
+    places = [int(SHARD_FIRST[shard]) + offset for shard, offset in map(locate, rows)]
+    # contiguous reading gives neighbours 16 tokens apart; shuffled windows jump across the data
+    assert np.median(np.abs(np.diff(places))) > 10 * 16
+    steps = [rows[i : i + 4] for i in range(0, len(rows), 4)]
+    assert np.mean([len({locate(r)[0] for r in step}) > 1 for step in steps]) > 0.5
+
+
+def test_order_is_seeded_and_changes_every_epoch(data_dir):
+    def first_epochs(seed):
+        loader = TokenLoader(data_dir, batch_size=2, seq_len=16, seed=seed)
+        return [[tuple(r) for r in read_epoch([loader])] for _ in range(2)]
+
+    a0, a1 = first_epochs(1)
+    assert first_epochs(1) == [a0, a1]
+    assert a0[: len(a1)] != a1[: len(a0)], "epoch 1 should not replay epoch 0"
+    assert first_epochs(2)[0] != a0
+
+
+def test_window_permutation_is_a_bijection_and_needs_no_table():
+    for n in (1, 2, 3, 7, 64, 1000, 4099):
+        perm = WindowPermutation(n, [5, n])(np.arange(n))
+        assert sorted(perm.tolist()) == list(range(n))
+    assert WindowPermutation(1000, [0])(np.arange(1000)).tolist() != list(range(1000))
+    # a FineWeb-Edu-sized epoch (10B tokens / 1024): a few indices, without a 10M-entry table
+    huge = WindowPermutation(9_765_625, [0, 0])
+    picked = huge(np.arange(576))
+    assert len(set(picked.tolist())) == 576 and picked.max() < 9_765_625
+    with pytest.raises(IndexError):
+        huge(np.array([9_765_625]))
 
 
 @pytest.mark.parametrize("world_size", [1, 2])
@@ -90,6 +140,21 @@ def test_state_dict_resumes_exactly(data_dir, world_size):
         assert resumed.epoch == 1
         for want, got in zip(expected, (resumed.next_batch() for _ in expected), strict=True):
             assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+
+
+def test_state_for_another_seq_len_is_rejected_and_old_states_continue(data_dir, caplog):
+    state = TokenLoader(data_dir, batch_size=2, seq_len=16).state_dict()
+    with pytest.raises(ValueError, match="--seq-len 16"):
+        TokenLoader(data_dir, batch_size=2, seq_len=32).load_state_dict(state)
+    # a checkpoint of the contiguous loader (version 1), half-way through epoch 2
+    old = {"version": 1, "seed": 4, "epoch": 2, "position": sum(SIZES) // 2, "data": state["data"]}
+    loader = TokenLoader(data_dir, batch_size=2, seq_len=16)
+    loader.load_state_dict(old)
+    assert "older gpt124m" in caplog.text
+    assert loader.epoch == 2 and loader.seed == 4
+    assert loader.state_dict()["position"] == round(loader.windows_per_epoch / 2)
+    with pytest.raises(ValueError, match="version 7"):
+        loader.load_state_dict({**state, "version": 7})
 
 
 def test_state_from_other_data_is_rejected(data_dir, tmp_path, make_data_dir):

@@ -127,3 +127,11 @@ def test_bundled_recipe_is_the_seed_run(tmp_path):
         load_sft_recipe(str(bad))
     with pytest.raises(ValueError, match="unknown recipe"):
         load_sft_recipe("nope")
+
+
+def test_sft_takes_the_optimizer_choice():
+    assert parse(["--base", "gpt2"]).optimizer == "adamw"
+    cfg = parse(["--base", "gpt2", "--optimizer", "muon", "--muon-lr", "0.002"])
+    assert (cfg.optimizer, cfg.muon_lr) == ("muon", 0.002)
+    with pytest.raises(ValueError, match="--optimizer 'lion'"):
+        parse(["--base", "gpt2", "--optimizer", "lion"])

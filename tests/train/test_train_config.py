@@ -87,3 +87,14 @@ def test_every_flag_says_what_it_does_and_its_default(config_cls, exclude):
     helps = {a.dest: a.help for a in flags}
     if config_cls is SFTConfig:  # a subclass's wording wins over the pretraining one
         assert helps["max_lr"].startswith("peak learning rate (default: 5e-5 full")
+
+
+def test_optimizer_flags():
+    assert parse([]).optimizer == "adamw"
+    cfg = parse(["--optimizer", "muon", "--muon-lr", "0.03", "--muon-momentum", "0.9"])
+    assert (cfg.optimizer, cfg.muon_lr, cfg.muon_momentum) == ("muon", 0.03, 0.9)
+    cfg = parse([], recipe="gpt124m-fineweb-edu-muon")
+    assert cfg.optimizer == "muon" and cfg.parallel == "ddp"
+    seed = parse([], recipe="gpt124m-fineweb-edu")
+    for name in ("model", "data_dir", "seq_len", "total_batch_tokens", "max_steps"):
+        assert getattr(cfg, name) == getattr(seed, name), name  # same data and token budget

@@ -38,6 +38,18 @@ def test_tiny_model_overfits_one_batch(tmp_path, fixed_batches):
     assert loss.item() < 0.5
 
 
+def test_muon_trains_and_leaves_an_ordinary_model_directory(tmp_path, fixed_batches):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(tmp_path, max_steps=40, optimizer="muon", muon_lr=0.05)
+    fit(cfg, GPT(get_preset("tiny")), fixed_batches())
+    losses = train_losses(tmp_path / "run")
+    assert losses[-1] < losses[0] - 3.0
+    model = load_model(tmp_path / "run" / "checkpoints" / "step_0000040")
+    assert set(model.state_dict()) == set(GPT(get_preset("tiny")).state_dict())
+    x, y = fixed_batches().next_batch()
+    assert model(x, y)[1].item() == pytest.approx(losses[-1], abs=1.0)
+
+
 def test_grad_accumulation_equals_one_big_batch(tmp_path, fixed_batches):
     def run(micro, name):
         torch.manual_seed(0)

@@ -1,9 +1,19 @@
+import re
+
 import pytest
 import torch
 
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
-from gpt124m.train.optim import build_adamw, param_groups
+from gpt124m.train.config import TrainConfig
+from gpt124m.train.optim import (
+    MuonAdamW,
+    build_adamw,
+    build_optimizer,
+    load_optimizer_state,
+    param_groups,
+    set_lr,
+)
 
 
 def test_weight_decay_applies_to_matrices_and_embeddings_only():
@@ -59,3 +69,110 @@ def test_cpu_uses_the_fused_kernel_and_it_matches_the_foreach_update():
     ):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
     assert not torch.equal(model.transformer.wte.weight, initial)
+
+
+BLOCK_MATRICES = re.compile(
+    r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight"
+)
+
+
+def muon_config(**kw):
+    return TrainConfig(
+        **{"optimizer": "muon", "max_lr": 1e-2, "muon_lr": 0.05, "weight_decay": 0.1, **kw}
+    )
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = GPT(get_preset("tiny"))
+    opt = build_optimizer(model, muon_config())
+    assert isinstance(opt, MuonAdamW) and isinstance(opt.muon, torch.optim.Muon)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for g in opt.muon.param_groups for p in g["params"]}
+    adamw = {names[id(p)] for g in opt.adamw.param_groups for p in g["params"]}
+    assert muon == {n for n in names.values() if BLOCK_MATRICES.fullmatch(n)}
+    assert len(muon) == 4 * model.config.n_layer
+    assert "transformer.wte.weight" in adamw and "transformer.wpe.weight" in adamw  # wte = head
+    assert muon | adamw == set(names.values()) and not muon & adamw
+    # AdamW keeps its decay rule: embeddings decay, norms and biases do not
+    decayed = {
+        names[id(p)] for g in opt.adamw.param_groups if g["weight_decay"] for p in g["params"]
+    }
+    assert decayed == {"transformer.wte.weight", "transformer.wpe.weight"}
+
+
+def test_one_schedule_drives_both_from_their_own_peaks():
+    opt = build_optimizer(GPT(get_preset("tiny")), muon_config())
+    set_lr(opt, 5e-3)  # half of --max-lr
+    assert all(g["lr"] == pytest.approx(0.025) for g in opt.muon.param_groups)
+    assert all(g["lr"] == 5e-3 for g in opt.adamw.param_groups)
+    plain = build_optimizer(GPT(get_preset("tiny")), TrainConfig(max_lr=1e-2))
+    assert isinstance(plain, torch.optim.AdamW)
+    set_lr(plain, 5e-3)
+    assert all(g["lr"] == 5e-3 for g in plain.param_groups)
+
+
+def test_muon_updates_are_orthogonalised():
+    """Muon's step on a matrix has all singular values near lr x its shape factor (Newton-Schulz
+    maps them into ~[0.5, 1.5]), however uneven the gradient's are."""
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny"))
+    opt = build_optimizer(model, muon_config(muon_weight_decay=0.0))
+    set_lr(opt, 1e-2)
+    c_fc = model.transformer.h[0].mlp.c_fc.weight  # [4C, C]: Muon scales by sqrt(4C / C) = 2
+    before = c_fc.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    c_fc.grad *= torch.logspace(-1, 0.5, c_fc.shape[1])  # column scales spanning 30x
+    spread = torch.linalg.svdvals(c_fc.grad)
+    assert spread.max() / spread.min() > 20
+    opt.step()
+    singular = torch.linalg.svdvals((before - c_fc.detach()) / (0.05 * 2))
+    assert singular.min() > 0.4 and singular.max() < 1.6
+
+
+def test_muon_state_round_trips_and_resumes_bit_exact(tmp_path):
+    def batches():
+        g = torch.Generator().manual_seed(1)
+        return [torch.randint(0, 256, (4, 17), generator=g) for _ in range(6)]
+
+    def train(model, opt, data):
+        for b in data:
+            opt.zero_grad(set_to_none=True)
+            model(b[:, :-1], b[:, 1:])[1].backward()
+            opt.step()
+
+    torch.manual_seed(0)
+    straight = GPT(get_preset("tiny"))
+    resumed = GPT(get_preset("tiny"))
+    resumed.load_state_dict(straight.state_dict())
+    data = batches()
+    opt = build_optimizer(straight, muon_config())
+    train(straight, opt, data)
+    first = build_optimizer(resumed, muon_config())
+    train(resumed, first, data[:3])
+    torch.save(first.state_dict(), tmp_path / "opt.pt")
+    again = build_optimizer(resumed, muon_config())
+    load_optimizer_state(again, torch.load(tmp_path / "opt.pt", weights_only=True))
+    train(resumed, again, data[3:])
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resuming_with_the_other_optimizer_is_a_clear_error():
+    model = GPT(get_preset("tiny"))
+    muon_state = build_optimizer(model, muon_config()).state_dict()
+    adamw_state = build_optimizer(model, TrainConfig()).state_dict()
+    with pytest.raises(ValueError, match="--optimizer muon"):
+        load_optimizer_state(build_optimizer(model, TrainConfig()), muon_state)
+    with pytest.raises(ValueError, match="--optimizer the run was started with"):
+        load_optimizer_state(build_optimizer(model, muon_config()), adamw_state)
+
+
+def test_muon_config_is_checked_and_refused_under_fsdp():
+    with pytest.raises(ValueError, match="--optimizer 'sgd': choose from adamw, muon"):
+        TrainConfig(optimizer="sgd").validate()
+    with pytest.raises(ValueError, match="--muon-lr"):
+        muon_config(muon_lr=0.0).validate()
+    with pytest.raises(ValueError, match="use --parallel ddp, or --optimizer adamw"):
+        muon_config(parallel="fsdp").validate()
+    TrainConfig(parallel="fsdp").validate()

@@ -135,10 +135,13 @@ def run_and_kill_after_step(argv, nproc, step, pid_dir, deadline_s=240):
     assert len(list(pid_dir.iterdir())) == nproc
 
 
-@pytest.mark.parametrize("nproc, parallel", [(1, "ddp"), (2, "ddp"), (2, "fsdp")])
-def test_sigkill_then_resume_is_bit_exact(tmp_path, data_dir, nproc, parallel):
+@pytest.mark.parametrize(
+    "nproc, parallel, optimizer",
+    [(1, "ddp", "adamw"), (2, "ddp", "adamw"), (2, "fsdp", "adamw"), (2, "ddp", "muon")],
+)
+def test_sigkill_then_resume_is_bit_exact(tmp_path, data_dir, nproc, parallel, optimizer):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    extra = ("--parallel", parallel)
+    extra = ("--parallel", parallel, "--optimizer", optimizer)
     run_to_end(train_argv(data_dir, straight, *extra), nproc)
     pids = tmp_path / "pids"
     pids.mkdir()

@@ -25,6 +25,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "wsd", "constant")
 PARALLEL = ("ddp", "fsdp")
 AUTO = "auto"
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrainConfig:
     dropout: float = 0.0
 
     # optimizer and schedule
+    optimizer: str = "adamw"
     max_lr: float = 6e-4
     min_lr: float = 6e-5
     warmup_steps: int = 10
@@ -53,6 +55,9 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
 
     # execution
     device: str = "auto"
@@ -97,6 +102,8 @@ class TrainConfig:
         "max_steps": "optimizer steps in the run",
         "seed": "seeds the model init, the data order and the samples",
         "dropout": "dropout probability in the model",
+        "optimizer": "adamw, or muon: Muon (torch.optim.Muon) on the 2-D weights inside the "
+        "blocks, AdamW (--max-lr, --weight-decay, betas) on embeddings, LayerNorms and biases",
         "max_lr": "peak learning rate, reached after the warmup",
         "min_lr": "learning rate at the end of the decay",
         "warmup_steps": "steps of linear warmup from 0 to --max-lr",
@@ -107,6 +114,11 @@ class TrainConfig:
         "beta2": "AdamW beta2",
         "eps": "AdamW epsilon",
         "grad_clip": "clip the global gradient norm to this (inf: never clip)",
+        "muon_lr": "--optimizer muon: peak LR of the Muon matrices; the schedule scales it like "
+        "--max-lr (warmup, then decay to muon_lr x min_lr / max_lr)",
+        "muon_momentum": "--optimizer muon: Muon's (Nesterov) momentum",
+        "muon_weight_decay": "--optimizer muon: decoupled weight decay of the Muon matrices "
+        "(per step they shrink by LR x this)",
         "device": "auto, cpu, cuda or mps; under torchrun each rank takes cuda:LOCAL_RANK",
         "precision": "auto (bf16 where the device runs it natively, else fp32), fp32, bf16 or "
         "fp16 (with a gradient scaler)",
@@ -167,6 +179,21 @@ class TrainConfig:
             raise bad("decay_fraction", "must be in (0, 1]")
         if not self.grad_clip > 0:
             raise bad("grad_clip", "must be positive (inf never clips)")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"choose from {', '.join(OPTIMIZERS)}")
+        if self.optimizer == "muon":
+            if not self.muon_lr > 0:
+                raise bad("muon_lr", "must be positive")
+            if not 0 <= self.muon_momentum < 1:
+                raise bad("muon_momentum", "must be in [0, 1)")
+            if self.muon_weight_decay < 0:
+                raise bad("muon_weight_decay", "must be >= 0")
+            if self.parallel == "fsdp":
+                raise bad(
+                    "optimizer",
+                    "Muon orthogonalises whole matrices and FSDP2 shards them; use "
+                    "--parallel ddp, or --optimizer adamw under FSDP",
+                )
 
     def grad_accum_steps(self, world_size: int) -> int:
         if self.micro_batch_size == AUTO:

@@ -36,7 +36,7 @@ from gpt124m.train.metrics import (
     plot_curves,
     run_summary,
 )
-from gpt124m.train.optim import build_adamw
+from gpt124m.train.optim import build_optimizer, load_optimizer_state, set_lr
 from gpt124m.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -138,14 +138,7 @@ class _Run:
         use_tf32(self.device)
         self.model = distributed.wrap(self.raw, info, cfg.parallel)
         self.step_model = self._compiled(self.model) if cfg.compile else self.model
-        self.optimizer = build_adamw(
-            self.raw,
-            lr=cfg.max_lr,
-            weight_decay=cfg.weight_decay,
-            betas=(cfg.beta1, cfg.beta2),
-            eps=cfg.eps,
-            device_type=self.device.type,
-        )
+        self.optimizer = build_optimizer(self.raw, cfg, device_type=self.device.type)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
@@ -196,7 +189,7 @@ class _Run:
 
     def _load_optimizer(self, optimizer_state: dict[str, Any]) -> None:
         if not self._fsdp():
-            self.optimizer.load_state_dict(optimizer_state)
+            load_optimizer_state(self.optimizer, optimizer_state)
             return
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -254,8 +247,7 @@ class _Run:
             schedule=cfg.schedule,
             decay_fraction=cfg.decay_fraction,
         )
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
