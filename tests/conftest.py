@@ -98,3 +98,41 @@ def tiny_run_config(tmp_path: Path, **overrides) -> TrainConfig:
 @pytest.fixture
 def run_config():
     return tiny_run_config
+
+
+def widen_gpt2(model, seed: int, *, wte: float = 0.3, wpe: float = 1.0, other: float = 0.3):
+    """Redraw a transformers GPT2LMHeadModel's weights wide (LayerNorm gains around 1), so its
+    greedy text varies and its logits differ from token to token; returns it in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            std = {"transformer.wte.weight": wte, "transformer.wpe.weight": wpe}.get(name, other)
+            mean = 1.0 if ".ln_" in name and name.endswith("weight") else 0.0
+            p.copy_(torch.randn(p.shape, generator=g) * std + mean)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def wide_gpt2():
+    return widen_gpt2
+
+
+class _CodePickle:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+@pytest.fixture(scope="session")
+def write_code_pickle():
+    """write(path, key, marker): a .bin whose unpickling would create `marker`."""
+
+    def write(path: Path, key: str, marker: Path) -> None:
+        import pickle
+
+        with open(path, "wb") as f:
+            pickle.dump({key: _CodePickle(marker)}, f, protocol=2)
+
+    return write

@@ -66,29 +66,12 @@ def test_a_head_that_differs_from_wte_is_refused_even_if_the_config_says_tied(tm
         load_model(tmp_path / "m")
 
 
-def test_training_from_bf16_weights_keeps_fp32_master_weights(tmp_path, caplog):
+def test_training_from_bf16_weights_keeps_fp32_master_weights(tmp_path, caplog, fixed_batches):
     torch.manual_seed(0)
     model = GPT(get_preset("tiny"))
     bf16_dir = save_pretrained(model.to(torch.bfloat16), tmp_path / "bf16", tokenizer_files=False)
     fp32_dir = save_pretrained(model.float(), tmp_path / "fp32", tokenizer_files=False)
     assert load_model(bf16_dir).transformer.wte.weight.dtype == torch.bfloat16  # precondition
-
-    g = torch.Generator().manual_seed(1)
-    batches = [torch.randint(0, 1000, (4, 33), generator=g) for _ in range(4)]
-
-    class Source:
-        i = 0
-
-        def next_batch(self):
-            b = batches[self.i % 4]
-            self.i += 1
-            return b[:, :-1], b[:, 1:]
-
-        def state_dict(self):
-            return {"i": self.i}
-
-        def load_state_dict(self, s):
-            self.i = s["i"]
 
     def train(source_dir, name):
         # lr small enough that bf16 weights would round most updates away
@@ -100,7 +83,7 @@ def test_training_from_bf16_weights_keeps_fp32_master_weights(tmp_path, caplog):
         with caplog.at_level(logging.INFO, logger="gpt124m"):
             m = load_for_training(source_dir)
         assert all(p.dtype == torch.float32 for p in m.parameters())
-        fit(cfg, m, Source())
+        fit(cfg, m, fixed_batches(n_batches=4, seed=1))
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         losses = [json.loads(r)["loss"] for r in lines if json.loads(r).get("kind") == "train"]
         return losses, m

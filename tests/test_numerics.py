@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from gpt124m.checkpoint import load_for_training, load_model
 from gpt124m.eval.hellaswag import HellaSwagItem, encode_items, evaluate_detailed
 from gpt124m.tokenizer import get_tokenizer
-from gpt124m.train.config import TrainConfig
 from gpt124m.train.trainer import fit
 
 transformers = pytest.importorskip("transformers")
@@ -29,16 +28,12 @@ N_POS = 96
 
 
 @pytest.fixture(scope="module")
-def hf_model():
+def hf_model(wide_gpt2):
     config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=N_POS)
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config).eval()
+    model = wide_gpt2(transformers.GPT2LMHeadModel(config), seed=3)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            std = {"transformer.wte.weight": 0.3, "transformer.wpe.weight": 1.0}.get(name, 0.3)
-            mean = 1.0 if ".ln_" in name and name.endswith("weight") else 0.0
-            p.copy_(torch.randn(p.shape, generator=g) * std + mean)
         direction = torch.randn(32, generator=g)
         direction /= direction.norm()
         model.transformer.wte.weight += 4.0 * direction
@@ -139,23 +134,6 @@ def test_hellaswag_loglikelihoods_are_transformers(hf_model, hf_dir, convention)
         assert got == pytest.approx(expected, abs=2e-3)
 
 
-def _run_config(tmp_path, **kw) -> TrainConfig:
-    base = dict(
-        out_dir=str(tmp_path / "run"),
-        seq_len=24,
-        micro_batch_size=2,
-        total_batch_tokens=48,
-        max_steps=1,
-        warmup_steps=1,
-        precision="fp32",
-        eval_every=0,
-        sample_every=0,
-        checkpoint_every=0,
-        log_every=1,
-    )
-    return TrainConfig(**{**base, **kw})
-
-
 class OneBatch:
     def __init__(self, x, y):
         self.x, self.y, self.i = x, y, 0
@@ -176,16 +154,19 @@ def _first_logged_loss(run_dir) -> float:
     return next(r["loss"] for r in records if r.get("kind") == "train")
 
 
-def test_pretraining_from_the_base_starts_at_transformers_loss(hf_model, hf_dir, tmp_path):
+def test_pretraining_from_the_base_starts_at_transformers_loss(
+    hf_model, hf_dir, tmp_path, run_config
+):
     g = torch.Generator().manual_seed(5)
     ids = torch.randint(0, 50257, (2, 25), generator=g)
     x, y = ids[:, :-1], ids[:, 1:]
-    fit(_run_config(tmp_path), load_for_training(hf_dir), OneBatch(x, y))
+    cfg = run_config(tmp_path, seq_len=24, micro_batch_size=2, total_batch_tokens=48, max_steps=1)
+    fit(cfg, load_for_training(hf_dir), OneBatch(x, y))
     expected = hf_token_loss(hf_model, x, y).mean().item()
     assert abs(_first_logged_loss(tmp_path / "run") - expected) < 1e-4
 
 
-def test_sft_from_the_base_starts_at_transformers_loss(hf_model, hf_dir, tmp_path):
+def test_sft_from_the_base_starts_at_transformers_loss(hf_model, hf_dir, tmp_path, run_config):
     """The reference builds the seed's prompt, labels and padding itself."""
     from gpt124m.sft.data import Example, encode_examples, make_batch
     from gpt124m.sft.runner import load_base
@@ -196,11 +177,8 @@ def test_sft_from_the_base_starts_at_transformers_loss(hf_model, hf_dir, tmp_pat
         Example("Add the numbers.", "2 and 3", "The sum is 5."),
     ]
     x, y = make_batch(encode_examples(examples), seq_len=40)
-    fit(
-        _run_config(tmp_path, seq_len=40, total_batch_tokens=80),
-        load_base(str(hf_dir)),
-        OneBatch(x, y),
-    )
+    cfg = run_config(tmp_path, seq_len=40, micro_batch_size=2, total_batch_tokens=80, max_steps=1)
+    fit(cfg, load_base(str(hf_dir)), OneBatch(x, y))
 
     rows, labels = [], []
     for e in examples:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -29,17 +28,10 @@ PROMPT = "The river"
 
 
 @pytest.fixture(scope="module")
-def hf_model():
+def hf_model(wide_gpt2):
     config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            std = {"transformer.wte.weight": 0.3, "transformer.wpe.weight": 2.0}.get(name, 0.5)
-            mean = 1.0 if ".ln_" in name and name.endswith("weight") else 0.0
-            p.copy_(torch.randn(p.shape, generator=g) * std + mean)
-    return model
+    return wide_gpt2(transformers.GPT2LMHeadModel(config), seed=4, wpe=2.0, other=0.5)
 
 
 def write_seed_dir(hf_model, out: Path) -> Path:
@@ -153,21 +145,12 @@ def test_hub_id_downloads_the_bin(hf_model, seed_dir, monkeypatch):
     assert any("pytorch_model.bin" in (p or []) for p in calls)
 
 
-class _Exploit:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.write_text, (self.marker, "pwned"))
-
-
-def test_a_pickle_with_code_is_refused_in_one_line(seed_dir, tmp_path):
+def test_a_pickle_with_code_is_refused_in_one_line(seed_dir, tmp_path, write_code_pickle):
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "config.json").write_text((seed_dir / "config.json").read_text())
     marker = tmp_path / "marker"
-    with open(evil / "pytorch_model.bin", "wb") as f:
-        pickle.dump({"model.x": _Exploit(marker)}, f, protocol=2)
+    write_code_pickle(evil / "pytorch_model.bin", "model.x", marker)
     run = run_cli("generate", "--model", evil, "--prompt", "x")
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
