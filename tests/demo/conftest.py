@@ -3,7 +3,8 @@
 The server runs the real CLI in a subprocess, on 127.0.0.1 and a free port, under a bootstrap that
 (1) refuses and records any connection or name lookup outside loopback, so a test can prove the
 app never phones home, and (2) slows each forward pass a little, so streaming and the Stop button
-can be watched in a browser even with a tiny model.
+can be watched in a browser even with a tiny model, and (3) logs each forward pass's length, so a
+test can see from the server's side whether two generations interleaved.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from gpt124m.model import GPT
 FORWARD_DELAY_S = 0.08
 STARTUP_TIMEOUT_S = 90
 BLOCKED = "DEMO-TEST-BLOCKED"
+FORWARD_MARK = "DEMO-TEST-FORWARD"  # one line per forward pass, with its number of new tokens
 
 # Runs as `python -c BOOTSTRAP demo ...`; everything after -c reaches gpt124m's CLI unchanged.
 BOOTSTRAP = f"""
@@ -68,6 +70,8 @@ socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, c
 from gpt124m.model import GPT
 _forward = GPT.forward
 def slow_forward(self, *args, **kwargs):
+    idx = args[0] if args else kwargs["idx"]
+    print("{FORWARD_MARK}", idx.shape[-1], file=sys.stderr, flush=True)
     time.sleep({FORWARD_DELAY_S})
     return _forward(self, *args, **kwargs)
 GPT.forward = slow_forward
@@ -87,6 +91,12 @@ class DemoServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def forward_lengths(self, since: int = 0) -> list[int]:
+        """The new-token count of each forward pass the server ran, in order, from the
+        `since`-th one: a prompt's prefill is the prompt's length, a decode step is 1."""
+        marks = [line.split()[-1] for line in self.log().splitlines() if FORWARD_MARK in line]
+        return [int(n) for n in marks[since:]]
 
 
 def lively_model(config: ModelConfig, seed: int) -> GPT:
