@@ -30,7 +30,7 @@ def run_quickstart(
 ) -> dict[str, Any]:
     """`precision` None keeps the recipe's `auto` (bf16 where the CPU runs it natively)."""
     from gpt124m.data.prepare import PrepareConfig, prepare
-    from gpt124m.train.trainer import pretrain
+    from gpt124m.train.pretrain import pretrain
 
     started = time.perf_counter()
     out = Path(out_dir)

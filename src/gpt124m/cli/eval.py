@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _setup(args, info):
     from gpt124m.checkpoint import load_model
-    from gpt124m.train.trainer import resolve_precision
+    from gpt124m.device import resolve_precision
 
     precision = resolve_precision(args.precision, info.device)
     model = load_model(args.model, device=info.device)

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt124m.eval._runtime import all_agree, all_reduce_sum, autocast, model_config
+from gpt124m.collectives import all_agree, all_reduce_sum, model_config
+from gpt124m.device import autocast
 from gpt124m.hf.offline import hub_unreachable
 
 log = logging.getLogger(__name__)
