@@ -228,6 +228,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.block_size = config.block_size
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         end = self.length + k.size(2)
@@ -237,3 +238,20 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.length += n
+
+    def expand(self, rows: torch.Tensor, max_len: int) -> KVCache:
+        """A new cache of `len(rows)` sequences, sequence i starting as this cache's sequence
+        `rows[i]`, with room for `max_len` positions: many continuations of a few shared
+        prefixes (a context and its multiple-choice endings) compute each prefix once."""
+        if max_len > self.block_size:
+            raise ValueError(f"cache length {max_len} exceeds block size {self.block_size}")
+        if max_len < self.length:
+            raise ValueError(f"cache length {max_len} is shorter than the prefix ({self.length})")
+        new = object.__new__(KVCache)
+        n_layer, _, n_head, _, head_dim = self.k.shape
+        shape = (n_layer, len(rows), n_head, max_len, head_dim)
+        new.k, new.v = self.k.new_zeros(shape), self.v.new_zeros(shape)
+        new.k[:, :, :, : self.length] = self.k[:, rows, :, : self.length]
+        new.v[:, :, :, : self.length] = self.v[:, rows, :, : self.length]
+        new.length, new.block_size = self.length, self.block_size
+        return new

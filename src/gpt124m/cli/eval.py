@@ -102,7 +102,7 @@ def _hellaswag(args, info) -> int:
     from gpt124m.eval import report
     from gpt124m.eval.hellaswag import (
         HellaSwagUnavailable,
-        evaluate_detailed,
+        evaluate,
         load_items,
         write_predictions,
     )
@@ -114,7 +114,7 @@ def _hellaswag(args, info) -> int:
     except HellaSwagUnavailable as e:
         raise FileNotFoundError(str(e)) from None
     model, precision = _setup(args, info)
-    result = evaluate_detailed(
+    result = evaluate(
         model,
         items,
         batch_size=args.batch_size,
