@@ -159,7 +159,7 @@ def _val_hook(cfg: SFTConfig, val: list, info: distributed.Dist):
         return None
 
     def batches():
-        return sft_data.validation_batches(
+        return sft_data.padded_validation_batches(
             val,
             batch_size=per_rank,
             seq_len=cfg.seq_len,
