@@ -8,9 +8,9 @@ import torch
 from _baseline import transformers_gpt2
 from gpu_common import Context, Results, add_row, sync
 
-from gpt124m.checkpoint import load_model
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
 from gpt124m.generate import GenerationConfig, generate
+from gpt124m.loading import load_model
 from gpt124m.model import GPT
 
 HELLASWAG_ITEMS = 10_042  # the validation split

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt124m.checkpoint import load_for_training, load_model
 from gpt124m.eval.hellaswag import HellaSwagItem, encode_items, evaluate
+from gpt124m.loading import load_for_training, load_model
 from gpt124m.tokenizer import get_tokenizer
 from gpt124m.train.trainer import fit
 

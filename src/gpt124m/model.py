@@ -15,10 +15,6 @@ are never attended to, so each row computes exactly what it would alone.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,25 +118,6 @@ class GPT(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        source: str | os.PathLike,
-        *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-    ) -> GPT:
-        """Load a model directory, Hugging Face GPT-2 directory or hub id (see checkpoint)."""
-        from gpt124m.checkpoint import load_model
-
-        return load_model(source, device=device, dtype=dtype)
-
-    def save_pretrained(self, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
-        """Write `config.json` + `model.safetensors` + tokenizer files (see checkpoint)."""
-        from gpt124m.checkpoint import save_pretrained
-
-        return save_pretrained(self, out_dir, **kwargs)
 
     def forward(
         self,

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from gpt124m.checkpoint import load_model
 from gpt124m.cli import main
 from gpt124m.eval import hellaswag as hs
+from gpt124m.loading import load_model
 
 
 def run_cli(tmp_path, model_dir, data, *extra):

@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _setup(args, info):
-    from gpt124m.checkpoint import load_model
     from gpt124m.device import resolve_precision
+    from gpt124m.loading import load_model
 
     precision = resolve_precision(args.precision, info.device)
     model = load_model(args.model, device=info.device)

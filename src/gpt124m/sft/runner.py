@@ -37,8 +37,9 @@ VAL_SHARE = 3  # validation reads at most a third of the tokens trained on
 
 def load_base(source: str, *, dropout: float = 0.0, seed: int = 0) -> GPT:
     """The model to tune: a model directory / hub id, or a preset name (random init)."""
-    from gpt124m.checkpoint import build_model, load_for_training
+    from gpt124m.checkpoint import build_model
     from gpt124m.config import PRESETS
+    from gpt124m.loading import load_for_training
 
     if source in PRESETS:
         torch.manual_seed(seed)
@@ -253,7 +254,7 @@ def _write_outputs(cfg: SFTConfig, model: nn.Module, data: sft_data.SFTData) -> 
         log.info("merged LoRA into the base: max |logit difference| %.2e", diff)
         metadata["sft"] = {**metadata.get("sft", {}), "merge_max_abs_logit_diff": diff}
     else:
-        from gpt124m.checkpoint import load_model
+        from gpt124m.loading import load_model
 
         gpt = load_model(latest)  # the gathered weights, also when training was sharded
     paths["model_dir"] = str(write_final_model(out, gpt, metadata))

@@ -62,7 +62,7 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
             cfg, model, loader, hooks=hooks, info=info, metadata={"data_dir": cfg.data_dir}
         )
         if info.is_main:
-            from gpt124m.checkpoint import load_model
+            from gpt124m.loading import load_model
 
             latest = latest_checkpoint(cfg.out_dir)
             model_dir = write_final_model(cfg.out_dir, load_model(latest), run_metadata(latest))
@@ -79,6 +79,6 @@ def initial_model(cfg: TrainConfig) -> GPT:
     torch.manual_seed(cfg.seed)
     if cfg.model in PRESETS:
         return GPT(dataclasses.replace(PRESETS[cfg.model].config, dropout=cfg.dropout))
-    from gpt124m.checkpoint import load_for_training
+    from gpt124m.loading import load_for_training
 
     return load_for_training(cfg.model)
