@@ -21,6 +21,7 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 from gpt124m.atomic import atomic_write_bytes, atomic_write_text
+from gpt124m.config import GPT2_VOCAB_SIZE
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -67,7 +68,7 @@ class Tokenizer:
             pat_str=GPT2_PATTERN,
             mergeable_ranks=ranks,
             special_tokens={EOT: EOT_ID},
-            explicit_n_vocab=50257,
+            explicit_n_vocab=GPT2_VOCAB_SIZE,
         )
         self.eot_id = EOT_ID
         self.n_vocab = self._enc.n_vocab

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt124m.atomic import atomic_path
+from gpt124m.config import GPT2_VOCAB_SIZE
 
 MAGIC = b"GPT124MT"
 SHARD_FORMAT_VERSION = 1
@@ -28,7 +29,7 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "gpt124m-tokens"
 MANIFEST_FORMAT_VERSION = 1
 TOKENIZER = "gpt2"
-VOCAB_SIZE = 50257
+VOCAB_SIZE = GPT2_VOCAB_SIZE
 EOT_ID = 50256
 
 

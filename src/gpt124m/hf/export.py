@@ -31,6 +31,7 @@ from gpt124m.atomic import atomic_path, atomic_write_text
 from gpt124m.checkpoint import CONFIG_NAME, FORMAT, WEIGHTS_NAME, read_config, save_pretrained
 from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
 from gpt124m.hf.card import CardInfo, render_card
+from gpt124m.hf.gpt2 import CONV1D_SUFFIXES
 from gpt124m.loading import load_model, resolve_source
 from gpt124m.model import GPT
 from gpt124m.tokenizer import EOT, EOT_ID, get_tokenizer
@@ -47,12 +48,6 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_gpt124m.GPT124MForCausalLM",
 }
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which gpt124m.model uses
-CONV1D_SUFFIXES = (
-    "attn.c_attn.weight",
-    "attn.c_proj.weight",
-    "mlp.c_fc.weight",
-    "mlp.c_proj.weight",
-)
 # Run artefacts the trainer leaves in a model directory; the card links the images.
 ARTEFACTS = ("summary.json", "curves.png", "hellaswag.png")
 # Keys of our config.json that describe the file itself, not the run.

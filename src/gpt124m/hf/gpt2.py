@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from gpt124m.checkpoint import build_model, load_safetensors, load_torch_bin
-from gpt124m.config import ModelConfig
+from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
 from gpt124m.model import GPT
 
 CONV1D_SUFFIXES = (
@@ -52,7 +52,7 @@ def config_from_gpt2(data: dict[str, Any], source: Path) -> ModelConfig:
             n_head=data["n_head"],
             n_embd=data["n_embd"],
             block_size=data.get("n_positions", data.get("n_ctx", 1024)),
-            vocab_size=data.get("vocab_size", 50257),
+            vocab_size=data.get("vocab_size", GPT2_VOCAB_SIZE),
         )
     except KeyError as e:
         raise ValueError(f"{source}: GPT-2 config lacks {e}") from None
