@@ -64,6 +64,8 @@ def test_metadata_and_loading_in_another_dtype(tiny_model, tmp_path):
     assert read_config(out)["step"] == 7
     with pytest.raises(ValueError, match="model"):
         save_pretrained(tiny_model, tmp_path / "x", metadata={"model": {}})
+    with pytest.raises(ValueError, match="tokenizer"):  # the file names its tokenizer, not a run
+        save_pretrained(tiny_model, tmp_path / "y", metadata={"tokenizer": "llama"})
     assert not (out / "vocab.json").exists()
     loaded = load_model(out, dtype=torch.bfloat16)
     assert loaded.transformer.wte.weight.dtype == torch.bfloat16

@@ -30,6 +30,8 @@ FORMAT = "gpt124m"
 FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# Keys of config.json that save_pretrained owns: they describe the weights, never the run.
+FORMAT_KEYS = ("format", "format_version", "model", "tokenizer")
 TIED_KEYS = ("lm_head.weight",)  # stored once, as transformer.wte.weight
 
 
@@ -41,7 +43,7 @@ def save_pretrained(
     tokenizer_files: bool = True,
 ) -> Path:
     """Write a model directory atomically, file by file; `metadata` lands in config.json."""
-    reserved = sorted(set(metadata or {}) & {"format", "format_version", "model"})
+    reserved = sorted(set(metadata or {}) & set(FORMAT_KEYS))
     if reserved:
         raise ValueError(f"metadata may not set {', '.join(reserved)}: save_pretrained writes them")
     out = Path(out_dir)

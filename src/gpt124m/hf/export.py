@@ -28,7 +28,14 @@ import torch
 from safetensors.torch import save_file
 
 from gpt124m.atomic import atomic_path, atomic_write_text
-from gpt124m.checkpoint import CONFIG_NAME, FORMAT, WEIGHTS_NAME, read_config, save_pretrained
+from gpt124m.checkpoint import (
+    CONFIG_NAME,
+    FORMAT,
+    FORMAT_KEYS,
+    WEIGHTS_NAME,
+    read_config,
+    save_pretrained,
+)
 from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
 from gpt124m.hf.card import CardInfo, render_card
 from gpt124m.hf.gpt2 import CONV1D_SUFFIXES
@@ -50,8 +57,6 @@ AUTO_MAP = {
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which gpt124m.model uses
 # Run artefacts the trainer leaves in a model directory; the card links the images.
 ARTEFACTS = ("summary.json", "curves.png", "hellaswag.png")
-# Keys of our config.json that describe the file itself, not the run.
-_OWN_KEYS = {"format", "format_version", "model", "tokenizer"}
 _RUN_KEYS = ("training", "results")  # what a GPT-2 export carries in its config.json
 # transformers' own config settings: run metadata under these names would change how it loads.
 _HF_RESERVED = {
@@ -133,7 +138,7 @@ def carried_metadata(source_config: dict[str, Any]) -> dict[str, Any]:
     """Run metadata (training config, results, ...) that the export keeps in its config.json."""
     if source_config.get("format") != FORMAT:
         return {k: source_config[k] for k in _RUN_KEYS if k in source_config}
-    ours = _OWN_KEYS | set(remote_code_hf_config(ModelConfig(), torch.float32))
+    ours = set(FORMAT_KEYS) | set(remote_code_hf_config(ModelConfig(), torch.float32))
     kept = {}
     for key, value in source_config.items():
         if key in _HF_RESERVED:

@@ -21,9 +21,6 @@ from gpt124m.train.step import Stepper
 
 log = logging.getLogger(__name__)
 
-# Keys of a checkpoint's config that describe the weights, not the run that made them.
-_FORMAT_KEYS = ("format", "format_version", "model", "tokenizer")
-
 
 class Checkpointer:
     def __init__(self, cfg, info, out: Path):
@@ -142,9 +139,9 @@ class Checkpointer:
 
 def run_metadata(checkpoint: Path) -> dict[str, Any]:
     """What a checkpoint records about its run (training config, results, SFT facts)."""
-    from gpt124m.checkpoint import read_config
+    from gpt124m.checkpoint import FORMAT_KEYS, read_config
 
-    return {k: v for k, v in read_config(checkpoint).items() if k not in _FORMAT_KEYS}
+    return {k: v for k, v in read_config(checkpoint).items() if k not in FORMAT_KEYS}
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path:

@@ -11,7 +11,6 @@ and falls back to an older checkpoint when one is corrupt. Nothing is unpickled:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -30,6 +29,7 @@ from torch import nn
 from gpt124m import collectives
 from gpt124m.atomic import atomic_write_text, fsync_dir, fsync_file
 from gpt124m.checkpoint import TIED_KEYS, WEIGHTS_NAME, load_safetensors, save_pretrained
+from gpt124m.data.shards import sha256_file as _sha256
 from gpt124m.model import GPT
 from gpt124m.train import distributed
 
@@ -63,14 +63,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = json.loads(state["numpy"])
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _checkpoints_by_step(ckpt_root: Path) -> list[tuple[int, Path]]:
