@@ -17,6 +17,7 @@ from torch import nn
 
 from gpt124m.collectives import all_reduce_sum
 from gpt124m.device import autocast
+from gpt124m.model import IGNORE_INDEX
 
 
 def evaluate_loss(
@@ -27,7 +28,7 @@ def evaluate_loss(
     autocast_dtype: torch.dtype | None = None,
     token_bytes: torch.Tensor | None = None,
 ) -> dict:
-    """Mean next-token loss (nats/token) over `batches` of (x, y); targets -100 are ignored.
+    """Mean next-token loss (nats/token) over `batches` of (x, y); targets IGNORE_INDEX are ignored.
 
     Returns {"loss", "ppl", "tokens"}; with `token_bytes` (bytes per token id, see
     `gpt2_token_bytes`) also "bytes" (of the evaluated targets) and "bpb" (bits per byte).
@@ -47,7 +48,7 @@ def evaluate_loss(
                 y = y.to(device, non_blocking=True)
                 with autocast(device, autocast_dtype):
                     _, loss = model(x, y)
-                valid = y != -100
+                valid = y != IGNORE_INDEX
                 n = valid.sum()
                 if n == 0:
                     continue
