@@ -14,7 +14,8 @@ from gpt124m.train.metrics import MetricsLog
 
 pytestmark = pytest.mark.slow
 
-STEPS = 120  # of the recipe's; enough to see it learn, and fp32 so that no bf16 kernel matters
+TARGET_VAL_LOSS = 5.0  # issue 14: the quickstart's model visibly learned
+MIN_WORDS = 5  # in 32 greedy tokens of each of its own prompts
 
 
 def val_losses(run_dir):
@@ -26,29 +27,27 @@ def distinct_words(text):
 
 
 def test_quickstart_learns_and_says_how_to_go_on(tmp_path, capsys):
+    """The recipe exactly as a newcomer runs it (its `auto` precision: bf16 where the CPU runs
+    it natively, else fp32)."""
     out = tmp_path / "qs"
-    # fp32 pinned: the recipe's `auto` would pick bf16 only on CPUs that run it natively
-    argv = ["quickstart", "--out-dir", str(out), "--max-steps", str(STEPS), "--precision", "fp32"]
-    assert main(argv) == 0
+    assert main(["quickstart", "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     val = val_losses(out)
     # it learned: far below where it started (a random model sits near ln(50257) = 10.8)
-    assert len(val) >= 2 and val[0] > 10.0 and val[-1] < val[0] - 4.5
+    assert len(val) >= 2 and val[0] > 10.0 and val[-1] <= TARGET_VAL_LOSS
     assert f"validation loss: {val[0]:.2f} at the start -> {val[-1]:.2f}" in printed
     assert (out / "curves.png").stat().st_size > 10_000
     assert (out / "model" / "summary.json").exists()
 
     # greedy text from its own prompts is not one token repeated
     model = load_model(out / "model")
+    recipe = TrainConfig(**load_recipe("quickstart"))
     assert model.config.n_layer == 4
-    assert read_config(out / "model")["training"]["precision"] == "fp32"
-    prompts = TrainConfig(**load_recipe("quickstart")).sample_prompts
+    assert read_config(out / "model")["training"]["max_steps"] == recipe.max_steps
+    prompts = recipe.sample_prompts
     greedy = generate_text(model, get_tokenizer(), prompts, GenerationConfig(max_new_tokens=32))
-    degenerate = [
-        (prompt, text)
-        for prompt, text in zip(prompts, greedy, strict=True)
-        if len(distinct_words(text)) < 5
-    ]
+    for prompt, text in zip(prompts, greedy, strict=True):
+        assert len(distinct_words(text)) >= MIN_WORDS, (prompt, text)
     for prompt in prompts:
         assert f"greedy  | {prompt}" in printed
 
@@ -69,5 +68,3 @@ def test_quickstart_learns_and_says_how_to_go_on(tmp_path, capsys):
         r["loss"] for r in MetricsLog(Path(more) / "metrics.jsonl").read() if r["kind"] == "train"
     )
     assert first < val[0] - 4.0
-    if degenerate:  # issue 14's target, not met by the current recipe: reported, not hidden
-        pytest.xfail(f"greedy quickstart text still degenerates: {degenerate}")
