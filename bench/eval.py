@@ -86,7 +86,8 @@ def main() -> int:
     import torch
 
     from gpt124m.config import get_preset
-    from gpt124m.eval.hellaswag import encode_items, score_items
+    from gpt124m.eval.hellaswag import encode_items
+    from gpt124m.eval.multiple_choice import score_items
     from gpt124m.model import GPT
 
     torch.manual_seed(0)

@@ -8,19 +8,19 @@ import torch
 from _baseline import transformers_gpt2
 from gpu_common import Context, Results, add_row, sync
 
-from gpt124m.checkpoint import load_model
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
 from gpt124m.generate import GenerationConfig, generate
+from gpt124m.loading import load_model
 from gpt124m.model import GPT
 
 HELLASWAG_ITEMS = 10_042  # the validation split
 
 
 def hellaswag(ctx: Context, results: Results) -> None:
-    """Items/s of `evaluate_detailed` (both conventions, bf16 autocast) at two batch sizes,
+    """Items/s of `evaluate` (both conventions, bf16 autocast) at two batch sizes,
     projected to the whole validation split. Synthetic items in HellaSwag's layout and lengths
     unless --hellaswag-data gives real ones: speed does not depend on the words."""
-    from gpt124m.eval.hellaswag import CONVENTIONS, evaluate_detailed, load_items
+    from gpt124m.eval.hellaswag import CONVENTIONS, evaluate, load_items
 
     n = 8 if ctx.smoke else 2000
     if ctx.hellaswag_data:
@@ -34,12 +34,12 @@ def hellaswag(ctx: Context, results: Results) -> None:
     torch.manual_seed(0)
     model = GPT(get_preset("tiny" if ctx.smoke else "gpt2")).to(ctx.device).eval()
     kwargs = dict(device=ctx.device, autocast_dtype=ctx.amp, progress=False)
-    evaluate_detailed(model, items[:8], batch_size=8, **kwargs)  # warm-up
+    evaluate(model, items[:8], batch_size=8, **kwargs)  # warm-up
     best = None
     for batch_size in (8,) if ctx.smoke else (16, 64):
         sync(ctx.device)
         start = time.perf_counter()
-        evaluate_detailed(model, items, batch_size=batch_size, **kwargs)
+        evaluate(model, items, batch_size=batch_size, **kwargs)
         sync(ctx.device)
         seconds = time.perf_counter() - start
         rate = len(items) / seconds  # items/s, each item scored under every convention

@@ -9,12 +9,13 @@ from _baseline import transformers_gpt2
 from gpu_common import Context, RandomBatches, Results, add_row, sync, time_steps, train_records
 
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
+from gpt124m.device import autocast as autocast_context
 from gpt124m.model import GPT
 from gpt124m.train import autobatch, distributed
 from gpt124m.train.config import TrainConfig
-from gpt124m.train.metrics import peak_flops
+from gpt124m.train.costs import peak_flops
 from gpt124m.train.optim import build_adamw
-from gpt124m.train.trainer import autocast_context, fit
+from gpt124m.train.trainer import fit
 
 BATCH_TOKENS_OF_THE_SEED = 589_824  # gpt124m-fineweb-edu: 576 sequences of 1024 per step
 

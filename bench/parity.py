@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from _shakespeare import DEFAULT_TEXT, prepare_shakespeare
 
-from gpt124m.checkpoint import load_model
 from gpt124m.config import get_preset
 from gpt124m.data.shards import VOCAB_SIZE, open_split
+from gpt124m.loading import load_model
 from gpt124m.model import GPT
 
 MODEL = "nano"

@@ -29,7 +29,7 @@ import numpy as np
 from _shakespeare import DEFAULT_TEXT, prepare_shakespeare
 
 from gpt124m.train.config import TrainConfig
-from gpt124m.train.trainer import pretrain
+from gpt124m.train.pretrain import pretrain
 
 BATCH, SEQ = 8, 128
 EVALS = 10

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from _baseline import transformers_gpt2
 
 from gpt124m.config import get_preset
+from gpt124m.device import autocast as autocast_context
 from gpt124m.model import GPT
 from gpt124m.sft import data as sft_data
 from gpt124m.sft.lora import apply_lora
 from gpt124m.train.optim import build_adamw
-from gpt124m.train.trainer import autocast_context
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alpaca_5000.json"
 LORA = {"r": 8, "alpha": 8, "dropout": 0.05}

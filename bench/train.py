@@ -19,10 +19,10 @@ import torch
 from _baseline import transformers_gpt2
 
 from gpt124m.config import get_preset
+from gpt124m.device import autocast as autocast_context
 from gpt124m.model import GPT
-from gpt124m.train.metrics import peak_flops
+from gpt124m.train.costs import peak_flops
 from gpt124m.train.optim import build_adamw, param_groups
-from gpt124m.train.trainer import autocast_context
 
 
 def training_step(model, loss_fn, device, dtype) -> Callable[[], None]:

@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 
 import gpt124m.checkpoint as checkpoint
 from gpt124m.atomic import atomic_path, atomic_write_text
-from gpt124m.checkpoint import load_model, model_config, read_config, save_pretrained
+from gpt124m.checkpoint import read_config, save_pretrained
 from gpt124m.config import get_preset
+from gpt124m.loading import load_model, model_config
 from gpt124m.model import GPT
 
 
@@ -58,13 +59,13 @@ def test_version_1_directories_still_load(tiny_model, tiny_model_dir, tmp_path):
     assert generate(loaded, [[464, 318]], cfg) == generate(tiny_model, [[464, 318]], cfg)
 
 
-def test_gpt_class_methods_and_metadata(tiny_model, tmp_path):
-    out = tiny_model.save_pretrained(tmp_path / "m", metadata={"step": 7}, tokenizer_files=False)
+def test_metadata_and_loading_in_another_dtype(tiny_model, tmp_path):
+    out = save_pretrained(tiny_model, tmp_path / "m", metadata={"step": 7}, tokenizer_files=False)
     assert read_config(out)["step"] == 7
     with pytest.raises(ValueError, match="model"):
         save_pretrained(tiny_model, tmp_path / "x", metadata={"model": {}})
     assert not (out / "vocab.json").exists()
-    loaded = GPT.from_pretrained(out, dtype=torch.bfloat16)
+    loaded = load_model(out, dtype=torch.bfloat16)
     assert loaded.transformer.wte.weight.dtype == torch.bfloat16
     assert torch.equal(
         loaded.transformer.h[0].attn.c_attn.weight.float(),

@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt124m.checkpoint import load_for_training, load_model, save_pretrained
+from gpt124m.checkpoint import save_pretrained
 from gpt124m.config import get_preset
 from gpt124m.generate import GenerationConfig, generate
+from gpt124m.loading import load_for_training, load_model
 from gpt124m.model import GPT
 from gpt124m.train.config import TrainConfig
 from gpt124m.train.trainer import fit

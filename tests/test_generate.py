@@ -143,8 +143,8 @@ def test_batched_prompts_equal_each_alone(tiny_model):
 def test_bfloat16_cli_equals_a_left_padded_bfloat16_batch(tiny_model_dir, tok, capsys):
     """`generate --dtype bfloat16`, one prompt per call, against the same prompts batched
     (left-padded to the longest) on the model loaded in bfloat16."""
-    from gpt124m.checkpoint import load_model
     from gpt124m.cli import main
+    from gpt124m.loading import load_model
 
     prompts = [TEXT, "Hello", "x = [1, 2,", "Once upon a time, in a land far away, there lived"]
     assert len({len(tok.encode(p)) for p in prompts}) == len(prompts)  # real padding

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gpt124m.checkpoint import load_model, model_config
 from gpt124m.config import GPT2_VOCAB_SIZE
 from gpt124m.generate import GenerationConfig, generate
+from gpt124m.loading import load_model, model_config
 from gpt124m.model import GPT
 
 transformers = pytest.importorskip("transformers")

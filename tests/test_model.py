@@ -95,6 +95,26 @@ def test_kv_cache_matches_full_forward(tiny_model):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=ATOL, rtol=0)
 
 
+def test_expanded_cache_continues_each_prefix_as_an_uncached_forward(tiny_model):
+    """Two prefixes in one cache, expanded to four continuations (rows 1, 0, 1, 1): each
+    continuation's logits equal its prefix + continuation run whole, without a cache."""
+    prefixes = random_ids((2, 6), seed=30)
+    owner = torch.tensor([1, 0, 1, 1])
+    conts = random_ids((4, 5), seed=31)
+    with torch.no_grad():
+        cache = KVCache(tiny_model.config, 2, 6, "cpu", torch.float32)
+        tiny_model(prefixes, cache=cache)
+        rows = cache.expand(owner, 6 + 5)
+        assert rows.length == 6 and cache.length == 6
+        cached, _ = tiny_model(conts, cache=rows)
+        whole, _ = tiny_model(torch.cat([prefixes[owner], conts], dim=1))
+    torch.testing.assert_close(cached, whole[:, 6:], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="block size"):
+        cache.expand(owner, tiny_model.config.block_size + 1)
+    with pytest.raises(ValueError, match="shorter than the prefix"):
+        cache.expand(owner, 5)
+
+
 def test_left_padded_batch_equals_each_row_alone(tiny_model):
     lengths = [7, 12, 3]
     rows = [random_ids((1, n), seed=10 + i) for i, n in enumerate(lengths)]

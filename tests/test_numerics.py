@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt124m.checkpoint import load_for_training, load_model
-from gpt124m.eval.hellaswag import HellaSwagItem, encode_items, evaluate_detailed
+from gpt124m.eval.hellaswag import HellaSwagItem, encode_items, evaluate
+from gpt124m.loading import load_for_training, load_model
 from gpt124m.tokenizer import get_tokenizer
 from gpt124m.train.trainer import fit
 
@@ -116,7 +116,7 @@ def hellaswag_items(n: int = 50) -> list[HellaSwagItem]:
 @pytest.mark.parametrize("convention", ["completion", "harness"])
 def test_hellaswag_loglikelihoods_are_transformers(hf_model, hf_dir, convention):
     items = hellaswag_items()
-    ours = evaluate_detailed(
+    ours = evaluate(
         load_model(hf_dir), items, conventions=(convention,), batch_size=7, progress=False
     )
     encoded = encode_items(items, convention, block_size=N_POS)

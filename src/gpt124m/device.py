@@ -1,9 +1,12 @@
-"""Pick the device and dtype a command runs on, with errors that name the bad value; and the few
-CUDA settings and copies that make training fast there without changing CPU behaviour."""
+"""Pick the device, dtype and autocast precision a command runs on, with errors that name the bad
+value; and the few CUDA settings and copies that make training fast there without changing CPU
+behaviour."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -32,6 +35,39 @@ def resolve_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"dtype {name!r}: choose one of {', '.join(DTYPES)}") from None
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype; 'auto' picks bf16 where the hardware runs it natively."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere and later
+        return torch.bfloat16 if native else torch.float32
+    if device.type == "cpu":
+        capability = torch.backends.cpu.get_cpu_capability()
+        native = capability in ("AVX512", "AMX") and _cpu_has_bf16()
+        return torch.bfloat16 if native else torch.float32
+    return torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to `dtype` on `device`; fp32 or None runs as is."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def use_tf32(device: torch.device) -> bool:

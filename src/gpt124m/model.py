@@ -15,10 +15,6 @@ are never attended to, so each row computes exactly what it would alone.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -123,25 +119,6 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        source: str | os.PathLike,
-        *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-    ) -> GPT:
-        """Load a model directory, Hugging Face GPT-2 directory or hub id (see checkpoint)."""
-        from gpt124m.checkpoint import load_model
-
-        return load_model(source, device=device, dtype=dtype)
-
-    def save_pretrained(self, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
-        """Write `config.json` + `model.safetensors` + tokenizer files (see checkpoint)."""
-        from gpt124m.checkpoint import save_pretrained
-
-        return save_pretrained(self, out_dir, **kwargs)
-
     def forward(
         self,
         idx: torch.Tensor,
@@ -228,6 +205,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.block_size = config.block_size
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         end = self.length + k.size(2)
@@ -237,3 +215,20 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.length += n
+
+    def expand(self, rows: torch.Tensor, max_len: int) -> KVCache:
+        """A new cache of `len(rows)` sequences, sequence i starting as this cache's sequence
+        `rows[i]`, with room for `max_len` positions: many continuations of a few shared
+        prefixes (a context and its multiple-choice endings) compute each prefix once."""
+        if max_len > self.block_size:
+            raise ValueError(f"cache length {max_len} exceeds block size {self.block_size}")
+        if max_len < self.length:
+            raise ValueError(f"cache length {max_len} is shorter than the prefix ({self.length})")
+        new = object.__new__(KVCache)
+        n_layer, _, n_head, _, head_dim = self.k.shape
+        shape = (n_layer, len(rows), n_head, max_len, head_dim)
+        new.k, new.v = self.k.new_zeros(shape), self.v.new_zeros(shape)
+        new.k[:, :, :, : self.length] = self.k[:, rows, :, : self.length]
+        new.v[:, :, :, : self.length] = self.v[:, rows, :, : self.length]
+        new.length, new.block_size = self.length, self.block_size
+        return new

@@ -30,7 +30,7 @@ def run_quickstart(
 ) -> dict[str, Any]:
     """`precision` None keeps the recipe's `auto` (bf16 where the CPU runs it natively)."""
     from gpt124m.data.prepare import PrepareConfig, prepare
-    from gpt124m.train.trainer import pretrain
+    from gpt124m.train.pretrain import pretrain
 
     started = time.perf_counter()
     out = Path(out_dir)
@@ -67,8 +67,8 @@ def _val_losses(out: Path) -> list[float]:
 
 def _samples(model_dir: Path, prompts: list[str]) -> tuple[list[str], list[str]]:
     """Greedy and sampled continuations of each prompt, from the saved model."""
-    from gpt124m.checkpoint import load_model
     from gpt124m.generate import GenerationConfig, generate_text
+    from gpt124m.loading import load_model
     from gpt124m.tokenizer import get_tokenizer
 
     model, tok = load_model(model_dir), get_tokenizer()

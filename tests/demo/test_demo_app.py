@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from gpt124m.checkpoint import load_model
 from gpt124m.cli import build_parser, main
 from gpt124m.demo.backend import DemoInputError, DemoModel, Limits, Sampling
 from gpt124m.generate import GenerationConfig, generate_text
+from gpt124m.loading import load_model
 from gpt124m.tokenizer import get_tokenizer
 
 

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from gpt124m.checkpoint import load_model
 from gpt124m.generate import GenerationConfig, generate_text
+from gpt124m.loading import load_model
 from gpt124m.tokenizer import get_tokenizer
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from gpt124m.checkpoint import save_pretrained
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
 
@@ -103,7 +104,7 @@ def model():
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    return lively_tiny_model().save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
+    return save_pretrained(lively_tiny_model(), tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture

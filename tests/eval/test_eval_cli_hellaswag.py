@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from gpt124m.checkpoint import load_model
 from gpt124m.cli import main
 from gpt124m.eval import hellaswag as hs
+from gpt124m.loading import load_model
 
 
 def run_cli(tmp_path, model_dir, data, *extra):
@@ -25,7 +25,7 @@ def test_cli_writes_results_table_chart_and_predictions(tmp_path, model_dir, jso
     expected = hs.evaluate(
         load_model(model_dir), hs.load_items(jsonl_file, limit=5), progress=False
     )
-    assert summary["results"] == expected
+    assert summary["results"] == expected.metrics
     assert summary["limit"] == 5 and summary["results"]["harness"]["n"] == 5
     preds = (out / "hellaswag_predictions.jsonl").read_text().splitlines()
     assert [json.loads(p)["ind"] for p in preds] == [100, 101, 102, 103, 104]
@@ -39,14 +39,14 @@ def test_cli_writes_results_table_chart_and_predictions(tmp_path, model_dir, jso
         assert line in table
     ours = next(x for x in table.splitlines() if x.startswith("| **") and "| completion |" in x)
     cells = [c.strip() for c in ours.strip("|").split("|")]
-    assert cells[2] == f"{expected['completion']['acc_norm']:.4f}"
+    assert cells[2] == f"{expected.metrics['completion']['acc_norm']:.4f}"
     lo, hi = map(float, cells[3].split("–"))
-    assert lo <= expected["completion"]["acc_norm"] <= hi and hi - lo > 0.3  # 5 items: wide
-    assert cells[4:6] == [f"{expected['completion']['acc']:.4f}", "n = 5"]
+    assert lo <= expected.metrics["completion"]["acc_norm"] <= hi and hi - lo > 0.3  # 5 items: wide
+    assert cells[4:6] == [f"{expected.metrics['completion']['acc']:.4f}", "n = 5"]
     assert (out / "hellaswag_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stdout = capsys.readouterr().out
     assert table in stdout
-    assert f"acc_norm {expected['harness']['acc_norm']:.4f}" in stdout
+    assert f"acc_norm {expected.metrics['harness']['acc_norm']:.4f}" in stdout
 
 
 def test_cli_names_the_bad_line(tmp_path, model_dir, rows, capsys):

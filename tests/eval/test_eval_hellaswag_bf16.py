@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gpt124m.checkpoint import save_pretrained
 from gpt124m.cli import main
 from gpt124m.config import get_preset
 from gpt124m.eval import hellaswag as hs
@@ -71,7 +72,7 @@ def decisive(tmp_path_factory):
     root = tmp_path_factory.mktemp("decisive")
     data = write_jsonl(root / "hellaswag.jsonl", hellaswag_rows(N_ITEMS))
     model = memorising_model(hs.load_items(data))
-    return model.save_pretrained(root / "model"), data
+    return save_pretrained(model, root / "model"), data
 
 
 def run_eval(tmp_path, model_dir, data, precision) -> list[dict]:

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from gpt124m.eval import hellaswag as hs
+from gpt124m.eval import hellaswag_data as hsd
 from gpt124m.tokenizer import get_tokenizer
 
 # -- the harness's preprocessing, on hand-written examples -------------------------------------
@@ -28,11 +29,11 @@ from gpt124m.tokenizer import get_tokenizer
     ],
 )
 def test_preprocess_matches_the_harness(raw, expected):
-    assert hs.preprocess(raw) == expected
+    assert hsd.preprocess(raw) == expected
 
 
 def test_harness_query_capitalises_ctx_b_and_prefixes_the_activity():
-    item = hs.parse_item(
+    item = hsd.parse_item(
         {
             "activity_label": "Making a cake",
             "ctx_a": "A woman mixes flour [title] in a bowl.",
@@ -45,22 +46,22 @@ def test_harness_query_capitalises_ctx_b_and_prefixes_the_activity():
     )
     # str.capitalize lowercases the rest, as Python (and so the harness) does
     assert (
-        hs.harness_query(item)
+        hsd.harness_query(item)
         == "Making a cake: A woman mixes flour. in a bowl. Then she adds eggs"
     )
 
 
 def test_rows_follow_each_convention(rows):
     tok = get_tokenizer()
-    item = hs.parse_item(rows[0], "f: line 1")
+    item = hsd.parse_item(rows[0], "f: line 1")
     (comp,) = hs.encode_items([item], "completion", block_size=1024)
     (harn,) = hs.encode_items([item], "harness", block_size=1024)
     for j, ending in enumerate(item.endings):
         cont = tok.encode(" " + ending)
         assert comp.rows[j] == tuple(tok.encode(item.ctx) + cont)
         assert comp.n_scored[j] == len(cont)
-        clean = hs.preprocess(ending)
-        query = hs.harness_query(item)
+        clean = hsd.preprocess(ending)
+        query = hsd.harness_query(item)
         whole = tok.encode(query + " " + clean)
         assert harn.rows[j] == tuple(whole)
         assert harn.n_scored[j] == len(whole) - len(tok.encode(query))
@@ -69,13 +70,13 @@ def test_rows_follow_each_convention(rows):
 
 
 def test_long_rows_keep_the_ending_and_lose_the_start_of_the_context(rows):
-    item = hs.parse_item({**rows[0], "ctx": "word " * 200}, "f: line 1")
+    item = hsd.parse_item({**rows[0], "ctx": "word " * 200}, "f: line 1")
     (enc,) = hs.encode_items([item], "completion", block_size=64)
     tok = get_tokenizer()
     for j, row in enumerate(enc.rows):
         assert len(row) == 65  # block_size inputs + the last target
         assert row[-enc.n_scored[j] :] == tuple(tok.encode(" " + item.endings[j]))
-    too_long = hs.parse_item({**rows[0], "endings": ["x " * 80, "y"]}, "f: line 7")
+    too_long = hsd.parse_item({**rows[0], "endings": ["x " * 80, "y"]}, "f: line 7")
     with pytest.raises(ValueError, match="f: line 7.*exceeds the model's block size 64"):
         hs.encode_items([too_long], "completion", block_size=64)
 
@@ -175,7 +176,7 @@ def fake_hub(monkeypatch, tmp_path, rows, make_parquet):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
     # the offline check sees this hub's state, not the machine's (or CI's HF_HUB_OFFLINE)
-    monkeypatch.setattr(hs, "hub_unreachable", lambda: None if hub["online"] else "offline")
+    monkeypatch.setattr(hsd, "hub_unreachable", lambda: None if hub["online"] else "offline")
     return hub
 
 
@@ -220,7 +221,7 @@ def test_hook_runs_the_completion_convention_on_cached_tokens(jsonl_file, model,
     hook = hs.HellaSwagHook(jsonl_file, limit=6, batch_size=4)
     first = hook(model, device="cpu")
     expected = hs.evaluate(model, hs.load_items(jsonl_file, limit=6), progress=False)
-    assert first == expected["completion"]
+    assert first == expected.metrics["completion"]
     assert first["n"] == 6
     # the second call reuses the tokenized items: no reading, no tokenizing
     monkeypatch.setattr(hs, "load_items", lambda *a, **k: pytest.fail("reloaded"))

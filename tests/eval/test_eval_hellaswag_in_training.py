@@ -5,7 +5,8 @@ import torch
 
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
-from gpt124m.train.trainer import Hooks, fit, hellaswag_hook
+from gpt124m.train.evaluators import Hooks, hellaswag_hook
+from gpt124m.train.trainer import fit
 
 
 def config(run_config, tmp_path, data):

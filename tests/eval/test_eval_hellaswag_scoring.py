@@ -7,6 +7,8 @@ import torch
 
 from gpt124m.config import get_preset
 from gpt124m.eval import hellaswag as hs
+from gpt124m.eval import hellaswag_data as hsd
+from gpt124m.eval import multiple_choice as mc
 from gpt124m.model import GPT
 from gpt124m.tokenizer import get_tokenizer
 
@@ -39,7 +41,7 @@ def test_scores_and_predictions_match_unbatched_reference(model, items, conventi
     items = [long, *items[:6]]
     encoded = hs.encode_items(items, convention, block_size=64)
     assert len(encoded[0].context) > 64 > max(len(e.context) for e in encoded[1:]) + 20
-    table = hs.score_items(model, encoded, batch_size=4, progress=False)
+    table = mc.score_items(model, encoded, batch_size=4, progress=False)
     ref = reference_logprobs(model, encoded)
     np.testing.assert_allclose(table, ref, rtol=1e-5)
     metrics, records = hs.summarize(encoded, table, convention)
@@ -64,8 +66,8 @@ def test_batch_size_does_not_change_scores(model, items):
     # looks ahead at the padding). Matrix kernels may still round the last bit differently for
     # another batch shape, so scores are compared to 1e-6 relative and predictions exactly.
     items = items[:9]  # batch size 8: a full batch and a partial one
-    one = hs.evaluate_detailed(model, items, batch_size=1, progress=False)
-    eight = hs.evaluate_detailed(model, items, batch_size=8, progress=False)
+    one = hs.evaluate(model, items, batch_size=1, progress=False)
+    eight = hs.evaluate(model, items, batch_size=8, progress=False)
     assert one.metrics == eight.metrics
     for a, b in zip(one.records, eight.records, strict=True):
         for conv in hs.CONVENTIONS:
@@ -81,16 +83,16 @@ def test_batch_size_does_not_change_scores(model, items):
 
 def test_rank_slices_are_disjoint_and_cover_every_item(model, items):
     encoded = hs.encode_items(items, "completion", block_size=64)
-    whole = hs.score_items(model, encoded, batch_size=6, progress=False)
+    whole = mc.score_items(model, encoded, batch_size=6, progress=False)
     parts = [
-        hs.score_items(model, encoded, batch_size=6, rank=r, world_size=3, progress=False)
+        mc.score_items(model, encoded, batch_size=6, rank=r, world_size=3, progress=False)
         for r in range(3)
     ]
     for r, part in enumerate(parts):
-        start, stop = hs.shard_bounds(len(items), r, 3)
+        start, stop = mc.shard_bounds(len(items), r, 3)
         assert (part[:start] == 0).all() and (part[stop:] == 0).all()
     np.testing.assert_allclose(sum(parts), whole, rtol=1e-6)
-    assert [hs.shard_bounds(10, r, 4) for r in range(4)] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert [mc.shard_bounds(10, r, 4) for r in range(4)] == [(0, 3), (3, 6), (6, 9), (9, 10)]
 
 
 class CompactTokenizer:
@@ -126,12 +128,12 @@ def test_tiny_model_trained_on_known_endings_scores_exactly_as_expected(rows):
         row["label"] = label
         # every item gets its own endings, so that memorising one item does not favour another
         row["endings"] = [f"{e.rstrip('.')} at {row['ind']}." for e in row["endings"]]
-    items = [hs.parse_item(r, f"mem: line {i + 1}") for i, r in enumerate(rows)]
+    items = [hsd.parse_item(r, f"mem: line {i + 1}") for i, r in enumerate(rows)]
     tok = CompactTokenizer(size=256)
     texts = []
     for item, k in zip(items, known, strict=True):
         texts.append(item.ctx + " " + item.endings[k])
-        texts.append(hs.harness_query(item) + " " + hs.preprocess(item.endings[k]))
+        texts.append(hsd.harness_query(item) + " " + hsd.preprocess(item.endings[k]))
     seqs = [tok.encode(t) for t in texts]
     T = max(map(len, seqs))
     x = torch.zeros((len(seqs), T - 1), dtype=torch.long)
@@ -156,7 +158,7 @@ def test_tiny_model_trained_on_known_endings_scores_exactly_as_expected(rows):
         torch.set_num_threads(threads)
     assert loss.item() < 0.05
     model.eval()
-    result = hs.evaluate_detailed(model, items, batch_size=4, progress=False, tokenizer=tok)
+    result = hs.evaluate(model, items, batch_size=4, progress=False, tokenizer=tok)
     for conv in hs.CONVENTIONS:
         assert [r[conv]["pred"] for r in result.records] == known
         assert [r[conv]["pred_norm"] for r in result.records] == known
@@ -165,7 +167,9 @@ def test_tiny_model_trained_on_known_endings_scores_exactly_as_expected(rows):
 
 def test_predictions_file_has_one_record_per_item(tmp_path, model, items):
     path = tmp_path / "out" / "pred.jsonl"
-    metrics = hs.evaluate(model, items[:5], batch_size=2, progress=False, predictions_path=path)
+    metrics = hs.evaluate(
+        model, items[:5], batch_size=2, progress=False, predictions_path=path
+    ).metrics
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["ind"] for r in records] == [it.ind for it in items[:5]]
     assert [r["label"] for r in records] == [it.label for it in items[:5]]

@@ -75,7 +75,7 @@ def text_file(tmp_path):
 
 
 def test_cli_loss_on_a_text_file(tmp_path, model_dir, text_file, capsys):
-    from gpt124m.checkpoint import load_model
+    from gpt124m.loading import load_model
 
     argv = ["eval", "loss", "--model", str(model_dir), "--data", str(text_file)]
     argv += ["--tokens", "512", "--batch-size", "2", "--seq-len", "32", "--device", "cpu"]

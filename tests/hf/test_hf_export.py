@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gpt124m.checkpoint import load_model
 from gpt124m.cli import main
 from gpt124m.config import GPT2_VOCAB_SIZE
 from gpt124m.generate import GenerationConfig, generate_text
 from gpt124m.hf import export as export_mod
 from gpt124m.hf.export import AUTO_MAP, REMOTE_FILES, export
+from gpt124m.loading import load_model
 from gpt124m.tokenizer import get_tokenizer
 
 REMOTE = importlib.resources.files("gpt124m.hf") / "remote"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt124m.checkpoint import load_model, model_config
 from gpt124m.generate import GenerationConfig, generate
+from gpt124m.loading import load_model, model_config
 from gpt124m.tokenizer import get_tokenizer
 
 transformers = pytest.importorskip("transformers")

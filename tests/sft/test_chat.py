@@ -37,7 +37,7 @@ def test_template_defaults_to_the_one_recorded_at_training(untrained_dir):
 
 
 def test_response_streams_only_new_text_within_the_block(untrained_dir):
-    from gpt124m.checkpoint import load_model
+    from gpt124m.loading import load_model
 
     model, tok = load_model(untrained_dir), get_tokenizer()
     cfg = GenerationConfig(max_new_tokens=1000)  # more than the block holds: capped, no error

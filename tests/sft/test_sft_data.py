@@ -7,6 +7,7 @@ import torch
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
 from gpt124m.sft import data as sft_data
+from gpt124m.sft import examples as sft_examples
 from gpt124m.sft.data import Example, SFTBatches, encode_examples, make_batch
 from gpt124m.sft.template import format_prompt
 from gpt124m.tokenizer import EOT_ID, get_tokenizer
@@ -101,7 +102,7 @@ def test_malformed_rows_are_counted_with_line_numbers(tmp_path, caplog):
         ],
     )
     with caplog.at_level(logging.WARNING):
-        examples, report = sft_data.load_examples(str(path))
+        examples, report = sft_examples.load_examples(str(path))
     assert [e.output for e in examples] == ["hi", "ok"]
     assert report.rows == 7 and report.malformed == 5
     assert dict(report.problems) == {
@@ -117,19 +118,19 @@ def test_malformed_rows_are_counted_with_line_numbers(tmp_path, caplog):
 def test_json_array_reports_item_indexes_and_empty_results_are_errors(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}]))
-    examples, report = sft_data.load_examples(str(path))
+    examples, report = sft_examples.load_examples(str(path))
     assert len(examples) == 1 and dict(report.problems) == {"missing 'output'": ["item 1"]}
     path.write_text(json.dumps([{"instruction": "c"}, 5]))
     with pytest.raises(ValueError, match="no usable examples .*item 0.*item 1"):
-        sft_data.load_examples(str(path))
+        sft_examples.load_examples(str(path))
     path.write_text("[]")
     with pytest.raises(ValueError, match="no usable examples"):
-        sft_data.load_examples(str(path))
+        sft_examples.load_examples(str(path))
     path.write_text('{"instruction": "a"')
     with pytest.raises(ValueError, match="not valid JSON"):
-        sft_data.load_examples(str(path))
+        sft_examples.load_examples(str(path))
     with pytest.raises(FileNotFoundError, match="no such file"):
-        sft_data.load_examples(str(tmp_path / "missing.json"))
+        sft_examples.load_examples(str(tmp_path / "missing.json"))
 
 
 def test_hub_source_goes_through_the_same_validation(monkeypatch):
@@ -142,7 +143,7 @@ def test_hub_source_goes_through_the_same_validation(monkeypatch):
         return rows
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    examples, report = sft_data.load_examples("alpaca")
+    examples, report = sft_examples.load_examples("alpaca")
     assert calls == [("tatsu-lab/alpaca", "train")]
     assert len(examples) == 1 and dict(report.problems) == {"missing 'output'": ["row 1"]}
 
@@ -151,7 +152,7 @@ def test_hub_source_goes_through_the_same_validation(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ValueError, match="could not load tatsu-lab/alpaca .*local JSON/JSONL"):
-        sft_data.load_examples("alpaca")
+        sft_examples.load_examples("alpaca")
 
 
 def test_split_is_seeded_disjoint_and_sized():
@@ -204,7 +205,7 @@ def test_validation_batches_are_fixed_and_rank_disjoint():
     per_rank = [
         [
             x
-            for x, _ in sft_data.validation_batches(
+            for x, _ in sft_data.padded_validation_batches(
                 encoded, batch_size=2, seq_len=16, rank=r, world_size=2
             )
         ]
@@ -213,7 +214,9 @@ def test_validation_batches_are_fixed_and_rank_disjoint():
     assert [len(b) for b in per_rank] == [2, 2]  # 11 // 4 whole steps; same count on each rank
     rows = [tuple(row.tolist()) for batches in per_rank for x in batches for row in x]
     assert len(set(rows)) == 8
-    capped = list(sft_data.validation_batches(encoded, batch_size=2, seq_len=16, max_tokens=40))
+    capped = list(
+        sft_data.padded_validation_batches(encoded, batch_size=2, seq_len=16, max_tokens=40)
+    )
     assert len(capped) == 1
 
 
@@ -224,7 +227,7 @@ def test_validation_batches_are_cut_to_their_longest_example_with_the_same_loss(
     encoded = encode_examples(
         [Example(f"Task {i}." + " more" * i, "", "Answer." * (1 + i % 3)) for i in range(8)]
     )
-    trimmed = list(sft_data.validation_batches(encoded, batch_size=4, seq_len=64))
+    trimmed = list(sft_data.padded_validation_batches(encoded, batch_size=4, seq_len=64))
     widths = [x.shape[1] for x, _ in trimmed]
     assert widths == [max(len(e) for e in encoded[i : i + 4]) - 1 for i in (0, 4)]
     padded = [make_batch(encoded[i : i + 4], 64) for i in (0, 4)]  # the block, as before

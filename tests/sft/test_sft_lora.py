@@ -5,9 +5,10 @@ import shutil
 import pytest
 import torch
 
-from gpt124m.checkpoint import load_model, save_pretrained
+from gpt124m.checkpoint import save_pretrained
 from gpt124m.cli import main
 from gpt124m.config import get_preset
+from gpt124m.loading import load_model
 from gpt124m.model import GPT
 from gpt124m.sft import lora
 from gpt124m.sft.data import Example, SFTBatches, encode_examples

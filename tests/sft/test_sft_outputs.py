@@ -26,14 +26,14 @@ def split_card(text: str) -> tuple[dict, str]:
 def val_spy(monkeypatch):
     """Every validation batch the run reads: (examples, width, longest example's input)."""
     seen = []
-    real = sft_data.validation_batches
+    real = sft_data.padded_validation_batches
 
     def spy(examples, **kw):
         for x, y in real(examples, **kw):
             seen.append((x.shape[0], x.shape[1]))
             yield x, y
 
-    monkeypatch.setattr(sft_data, "validation_batches", spy)
+    monkeypatch.setattr(sft_data, "padded_validation_batches", spy)
     return seen
 
 

@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt124m.checkpoint import load_model, read_config
+from gpt124m.checkpoint import read_config
 from gpt124m.cli import main
+from gpt124m.loading import load_model
 from gpt124m.sft import data as sft_data
 from gpt124m.sft.template import format_prompt
 from gpt124m.tokenizer import get_tokenizer

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from gpt124m.checkpoint import load_model, read_config
+from gpt124m.checkpoint import read_config
 from gpt124m.cli import main
 from gpt124m.generate import GenerationConfig, generate_text
+from gpt124m.loading import load_model
 from gpt124m.tokenizer import get_tokenizer
 from gpt124m.train.config import TrainConfig, load_recipe
 from gpt124m.train.metrics import MetricsLog

@@ -6,10 +6,11 @@ import shutil
 import pytest
 import torch
 
-from gpt124m.checkpoint import load_model
 from gpt124m.config import get_preset
+from gpt124m.loading import load_model
 from gpt124m.model import GPT
-from gpt124m.train.trainer import Hooks, fit, sample_texts
+from gpt124m.train.evaluators import Hooks, sample_texts
+from gpt124m.train.trainer import fit
 
 from .test_train_loop import tiny_cfg, train_losses
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from gpt124m.train import metrics
-from gpt124m.train.trainer import resolve_precision
+from gpt124m.device import resolve_precision
+from gpt124m.train import costs
 
 CUDA = torch.device("cuda", 0)
 
@@ -24,15 +24,15 @@ CUDA = torch.device("cuda", 0)
 )
 def test_gpu_names_match_their_own_entry(monkeypatch, name, bf16_peak, watts):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    assert metrics.peak_flops(CUDA, torch.bfloat16) == bf16_peak
-    assert metrics.device_power_watts(CUDA) == watts
+    assert costs.peak_flops(CUDA, torch.bfloat16) == bf16_peak
+    assert costs.device_power_watts(CUDA) == watts
 
 
 def test_unknown_gpu_falls_back_with_a_warning(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Mystery GPU 9000")
-    assert metrics.peak_flops(CUDA, torch.float32) == 312e12
+    assert costs.peak_flops(CUDA, torch.float32) == 312e12
     assert "--peak-flops" in caplog.text
-    assert metrics.peak_flops(CUDA, torch.float32, override=5e12) == 5e12
+    assert costs.peak_flops(CUDA, torch.float32, override=5e12) == 5e12
 
 
 @pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])

@@ -4,11 +4,12 @@ import json
 import pytest
 import torch
 
-from gpt124m.checkpoint import load_model
 from gpt124m.config import get_preset
+from gpt124m.loading import load_model
 from gpt124m.model import GPT
 from gpt124m.train import checkpointing
-from gpt124m.train.trainer import TrainingDiverged, fit
+from gpt124m.train.step import TrainingDiverged
+from gpt124m.train.trainer import fit
 
 from ..conftest import tiny_run_config
 

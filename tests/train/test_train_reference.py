@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt124m.checkpoint import load_model
+from gpt124m.loading import load_model
 from gpt124m.train.trainer import fit
 
 from ..conftest import FixedBatches, tiny_run_config

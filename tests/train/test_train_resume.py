@@ -166,6 +166,6 @@ def test_two_ranks_equal_one_process_with_accumulation(tmp_path, data_dir):
         assert [s for s, _ in got] == [s for s, _ in expected]
         assert [v for _, v in got] == pytest.approx([v for _, v in expected], abs=1e-5), parallel
     # FSDP checkpoints gather full weights: the final model is a normal model directory
-    from gpt124m.checkpoint import load_model
+    from gpt124m.loading import load_model
 
     assert load_model(tmp_path / "fsdp" / "model").config.n_layer == 2

@@ -8,8 +8,9 @@ import torch
 
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
-from gpt124m.train import checkpointing, trainer
-from gpt124m.train.trainer import TrainingDiverged, fit
+from gpt124m.train import checkpointing, step, trainer
+from gpt124m.train.step import TrainingDiverged
+from gpt124m.train.trainer import fit
 
 from ..conftest import tiny_run_config
 
@@ -39,13 +40,13 @@ def test_sparse_logging_records_the_same_values_as_logging_every_step(tmp_path, 
 
 def test_statistics_are_read_once_per_log_not_once_per_step(tmp_path, fixed_batches, monkeypatch):
     calls = []
-    settle = trainer._Run._settle
+    settle = step.Stepper.settle
 
-    def counting(self):
+    def counting(self, *args):
         calls.append(self.step)
-        return settle(self)
+        return settle(self, *args)
 
-    monkeypatch.setattr(trainer._Run, "_settle", counting)
+    monkeypatch.setattr(step.Stepper, "settle", counting)
     run(tmp_path, "quiet", fixed_batches, log_every=0)  # only the final checkpoint needs them
     assert calls == [10]
     calls.clear()

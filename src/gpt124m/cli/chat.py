@@ -32,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt124m.checkpoint import load_model, read_config, resolve_source
+    from gpt124m.checkpoint import read_config
     from gpt124m.device import resolve_device, resolve_dtype
+    from gpt124m.loading import load_model, resolve_source
     from gpt124m.sft.chat import respond, trained_template
     from gpt124m.tokenizer import get_tokenizer
 

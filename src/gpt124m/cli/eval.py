@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _setup(args, info):
-    from gpt124m.checkpoint import load_model
-    from gpt124m.train.trainer import resolve_precision
+    from gpt124m.device import resolve_precision
+    from gpt124m.loading import load_model
 
     precision = resolve_precision(args.precision, info.device)
     model = load_model(args.model, device=info.device)
@@ -102,7 +102,7 @@ def _hellaswag(args, info) -> int:
     from gpt124m.eval import report
     from gpt124m.eval.hellaswag import (
         HellaSwagUnavailable,
-        evaluate_detailed,
+        evaluate,
         load_items,
         write_predictions,
     )
@@ -114,7 +114,7 @@ def _hellaswag(args, info) -> int:
     except HellaSwagUnavailable as e:
         raise FileNotFoundError(str(e)) from None
     model, precision = _setup(args, info)
-    result = evaluate_detailed(
+    result = evaluate(
         model,
         items,
         batch_size=args.batch_size,

@@ -23,9 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt124m.checkpoint import load_model
     from gpt124m.device import resolve_device, resolve_dtype
     from gpt124m.generate import stream_text
+    from gpt124m.loading import load_model
     from gpt124m.tokenizer import get_tokenizer
 
     if args.prompt is None and sys.stdin.isatty():

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         config = get_preset(args.preset)
         print(f"preset: {args.preset}\n{PRESETS[args.preset].description}")
     else:
-        from gpt124m.checkpoint import model_config
+        from gpt124m.loading import model_config
 
         config = model_config(args.model)
         print(f"model: {args.model}")

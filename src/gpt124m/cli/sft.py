@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from gpt124m.sft.config import sft_config_from_args
     from gpt124m.sft.runner import sft
-    from gpt124m.train.trainer import TrainingDiverged
+    from gpt124m.train.step import TrainingDiverged
 
     cfg = sft_config_from_args(args, recipe=args.config)
     try:

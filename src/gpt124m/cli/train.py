@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gpt124m.train.config import TrainConfig, config_from_args
-    from gpt124m.train.trainer import TrainingDiverged, pretrain
+    from gpt124m.train.pretrain import pretrain
+    from gpt124m.train.step import TrainingDiverged
 
     cfg = config_from_args(args, TrainConfig, recipe=args.config)
     try:

@@ -132,8 +132,9 @@ class DemoModel:
         An instruct model uses `template`, else the one its directory records, as `gpt124m chat`
         does; the panel names it as `display_name` does, never by its full path.
         """
-        from gpt124m.checkpoint import load_model, read_config, resolve_source
+        from gpt124m.checkpoint import read_config
         from gpt124m.device import resolve_device, resolve_dtype
+        from gpt124m.loading import load_model, resolve_source
         from gpt124m.sft.chat import trained_template
         from gpt124m.tokenizer import get_tokenizer
 

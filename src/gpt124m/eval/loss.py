@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gpt124m.eval._runtime import all_reduce_sum, autocast
+from gpt124m.collectives import all_reduce_sum
+from gpt124m.device import autocast
 
 
 def evaluate_loss(

@@ -28,17 +28,10 @@ import torch
 from safetensors.torch import save_file
 
 from gpt124m.atomic import atomic_path, atomic_write_text
-from gpt124m.checkpoint import (
-    CONFIG_NAME,
-    FORMAT,
-    WEIGHTS_NAME,
-    load_model,
-    read_config,
-    resolve_source,
-    save_pretrained,
-)
+from gpt124m.checkpoint import CONFIG_NAME, FORMAT, WEIGHTS_NAME, read_config, save_pretrained
 from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
 from gpt124m.hf.card import CardInfo, render_card
+from gpt124m.loading import load_model, resolve_source
 from gpt124m.model import GPT
 from gpt124m.tokenizer import EOT, EOT_ID, get_tokenizer
 

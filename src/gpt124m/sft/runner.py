@@ -1,5 +1,5 @@
 """The SFT recipe on the shared training loop: load the base, prepare the data, size the run from
-the data set and epochs, optionally add LoRA, call `train.trainer.fit`, write the outputs.
+the data set and epochs, optionally add LoRA, call the shared loop (`train.trainer.fit`), write the outputs.
 
 Outputs in `out_dir`: `metrics.jsonl`, `curves.png`, `summary.json` and `checkpoints/` (from
 `fit`), and `model/` (full fine-tuning, or LoRA merged) and `adapter/` (LoRA, peft format).
@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,16 @@ import torch
 from torch import nn
 
 from gpt124m.atomic import atomic_write_text
+from gpt124m.device import resolve_precision
 from gpt124m.model import GPT
 from gpt124m.sft import data as sft_data
 from gpt124m.sft.config import SFTConfig
 from gpt124m.sft.template import format_prompt
 from gpt124m.train import autobatch, checkpointing, distributed
+from gpt124m.train.checkpointer import latest_checkpoint, run_metadata, write_final_model
 from gpt124m.train.config import AUTO
-from gpt124m.train.trainer import Hooks, fit, hellaswag_hook, resolve_precision
+from gpt124m.train.evaluators import Hooks, hellaswag_hook
+from gpt124m.train.trainer import fit
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,9 @@ VAL_SHARE = 3  # validation reads at most a third of the tokens trained on
 
 def load_base(source: str, *, dropout: float = 0.0, seed: int = 0) -> GPT:
     """The model to tune: a model directory / hub id, or a preset name (random init)."""
-    from gpt124m.checkpoint import build_model, load_for_training
+    from gpt124m.checkpoint import build_model
     from gpt124m.config import PRESETS
+    from gpt124m.loading import load_for_training
 
     if source in PRESETS:
         torch.manual_seed(seed)
@@ -157,7 +160,7 @@ def _val_hook(cfg: SFTConfig, val: list, info: distributed.Dist):
         return None
 
     def batches():
-        return sft_data.validation_batches(
+        return sft_data.padded_validation_batches(
             val,
             batch_size=per_rank,
             seq_len=cfg.seq_len,
@@ -235,16 +238,11 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
 
 def _write_outputs(cfg: SFTConfig, model: nn.Module, data: sft_data.SFTData) -> dict[str, str]:
     """model/ (full, or LoRA merged) and adapter/ (LoRA); both carry the run's metadata."""
-    from gpt124m.checkpoint import read_config, save_pretrained
     from gpt124m.sft import lora
 
     out = Path(cfg.out_dir)
-    latest = checkpointing.list_checkpoints(out / "checkpoints")[-1]
-    metadata = {
-        k: v
-        for k, v in read_config(latest).items()
-        if k not in ("format", "format_version", "model", "tokenizer")
-    }
+    latest = latest_checkpoint(out)
+    metadata = run_metadata(latest)
     paths: dict[str, str] = {}
     if cfg.method == "lora":
         paths["adapter_dir"] = str(lora.save_adapter(model, out / "adapter"))
@@ -256,13 +254,8 @@ def _write_outputs(cfg: SFTConfig, model: nn.Module, data: sft_data.SFTData) -> 
         log.info("merged LoRA into the base: max |logit difference| %.2e", diff)
         metadata["sft"] = {**metadata.get("sft", {}), "merge_max_abs_logit_diff": diff}
     else:
-        from gpt124m.checkpoint import load_model
+        from gpt124m.loading import load_model
 
         gpt = load_model(latest)  # the gathered weights, also when training was sharded
-    model_dir = out / "model"
-    save_pretrained(gpt, model_dir, metadata=metadata)
-    for name in ("summary.json", "curves.png"):
-        if (out / name).exists():
-            shutil.copy2(out / name, model_dir / name)
-    paths["model_dir"] = str(model_dir)
+    paths["model_dir"] = str(write_final_model(out, gpt, metadata))
     return paths

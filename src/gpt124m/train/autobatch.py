@@ -29,8 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gpt124m.device import is_out_of_memory
-from gpt124m.eval._runtime import autocast
+from gpt124m.device import autocast, is_out_of_memory
 from gpt124m.train.config import AUTO
 from gpt124m.train.optim import build_adamw
 

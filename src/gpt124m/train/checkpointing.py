@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from gpt124m import collectives
 from gpt124m.atomic import atomic_write_text, fsync_dir, fsync_file
 from gpt124m.checkpoint import TIED_KEYS, WEIGHTS_NAME, load_safetensors, save_pretrained
 from gpt124m.model import GPT
@@ -118,10 +119,10 @@ def save(
     if info.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    distributed.barrier()
+    collectives.barrier()
     rank_file = tmp / f"rank_{info.rank:05d}.pt"
     torch.save({"rng": rng_state(), "loader": json.dumps(loader_state)}, rank_file)
-    distributed.barrier()
+    collectives.barrier()
     if info.is_main:
         _save_weights(model, tmp, metadata)
         torch.save({"optimizer": optimizer_state, "scaler": scaler_state}, tmp / OPTIMIZER_NAME)
@@ -141,7 +142,7 @@ def save(
         fsync_dir(ckpt_root)  # the new checkpoint is durable before any old one is deleted
         for old in list_checkpoints(ckpt_root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    distributed.barrier()
+    collectives.barrier()
     return final
 
 

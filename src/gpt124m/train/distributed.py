@@ -77,29 +77,3 @@ def wrap(model: nn.Module, info: Dist, parallel: str) -> nn.Module:
 
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
-
-
-def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.AVG if value.is_cuda else dist.ReduceOp.SUM)
-        if not value.is_cuda:
-            value /= dist.get_world_size()
-    return value
-
-
-def backend() -> str | None:
-    return dist.get_backend() if dist.is_initialized() else None
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def broadcast_object(obj):
-    if not dist.is_initialized():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
