@@ -101,6 +101,7 @@ def _hellaswag(args, info) -> int:
     from gpt124m.atomic import atomic_write_text
     from gpt124m.eval import report
     from gpt124m.eval.hellaswag import (
+        LOCAL_COPY_HINT,
         HellaSwagUnavailable,
         evaluate,
         load_items,
@@ -112,7 +113,7 @@ def _hellaswag(args, info) -> int:
     try:
         items = load_items(args.data, limit=args.limit, cache_dir=args.cache_dir)
     except HellaSwagUnavailable as e:
-        raise FileNotFoundError(str(e)) from None
+        raise FileNotFoundError(f"{e}; pass --data FILE, {LOCAL_COPY_HINT}") from None
     model, precision = _setup(args, info)
     result = evaluate(
         model,

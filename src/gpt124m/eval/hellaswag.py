@@ -30,6 +30,7 @@ from torch import nn
 from gpt124m.collectives import all_agree, model_config
 from gpt124m.eval.hellaswag_data import (
     CONVENTIONS,
+    LOCAL_COPY_HINT,
     HellaSwagItem,
     HellaSwagUnavailable,
     encode_items,
@@ -179,8 +180,11 @@ class HellaSwagHook:
                 self._items = load_items(self.data, limit=self.limit, cache_dir=self.cache_dir)
             except (HellaSwagUnavailable, FileNotFoundError) as e:
                 self._unavailable = str(e)
+                hint = ""
+                if isinstance(e, HellaSwagUnavailable):
+                    hint = f"; pass --hellaswag-data FILE, {LOCAL_COPY_HINT}"
                 if rank == 0:
-                    log.warning("HellaSwag evaluation disabled for this run: %s", e)
+                    log.warning("HellaSwag evaluation disabled for this run: %s%s", e, hint)
         return self._items is not None
 
     def __call__(

@@ -31,7 +31,11 @@ KNOWN_FILES = (
 
 
 class HellaSwagUnavailable(RuntimeError):
-    """The data cannot be had: the hub download failed, or pyarrow is missing for parquet."""
+    """The data cannot be had: the hub download failed, or pyarrow is missing for parquet. The
+    message names no flag: each command adds its own (`--data`, `--hellaswag-data`)."""
+
+
+LOCAL_COPY_HINT = "a local .jsonl or .parquet copy of the validation split (the official layout)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +101,7 @@ def download(cache_dir: str | os.PathLike | None = None) -> list[Path]:
     if why:
         raise HellaSwagUnavailable(
             f"HellaSwag ({HUB_REPO}) is not in the Hugging Face cache and the Hub cannot be "
-            f"reached ({why}): "
-            "pass --data FILE, a local .jsonl or .parquet copy of the validation split"
+            f"reached ({why})"
         )
     errors = []
     for revision in HUB_REVISIONS:
@@ -112,8 +115,7 @@ def download(cache_dir: str | os.PathLike | None = None) -> list[Path]:
             errors.append(f"{revision}: {type(e).__name__}: {e}")
     raise HellaSwagUnavailable(
         f"could not download the HellaSwag {SPLIT} split from the Hugging Face Hub "
-        f"(dataset {HUB_REPO}; {'; '.join(errors)}). Pass a local copy with --data "
-        "(.jsonl or .parquet in the official layout)."
+        f"(dataset {HUB_REPO}; {'; '.join(errors)})"
     )
 
 
