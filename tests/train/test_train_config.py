@@ -3,7 +3,8 @@ import dataclasses
 
 import pytest
 
-from gpt124m.sft.config import NOT_FLAGS, SFTConfig
+from gpt124m.sft.config import NOT_FLAGS, SFTConfig, load_sft_recipe
+from gpt124m.sft.config import recipe_names as sft_recipe_names
 from gpt124m.train.config import (
     TrainConfig,
     add_config_arguments,
@@ -53,6 +54,26 @@ def test_cli_flags_override_recipe_and_all_recipes_load():
     for name in recipe_names():
         TrainConfig(**load_recipe(name)).validate()
     assert {"gpt124m-fineweb-edu", "gpt2-10b", "quickstart"} <= set(recipe_names())
+
+
+def defaults(config_cls) -> dict:
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(config_cls)
+    }
+
+
+@pytest.mark.parametrize(
+    "config_cls, names, load",
+    [(TrainConfig, recipe_names, load_recipe), (SFTConfig, sft_recipe_names, load_sft_recipe)],
+)
+def test_recipes_state_only_what_differs_from_the_defaults(config_cls, names, load):
+    """A recipe is read as "the defaults, except": a key restating a default hides what is
+    special about the recipe, and would silently pin a value the defaults later change."""
+    base = defaults(config_cls)
+    for name in names():
+        restated = {k: v for k, v in load(name).items() if k in base and base[k] == v}
+        assert not restated, f"{name} restates defaults: {restated}"
 
 
 def test_indivisible_batch_is_a_clear_error():
