@@ -42,6 +42,12 @@ class Context:
     step: int = 0
 
 
+def due(every: int, step: int, max_steps: int) -> bool:
+    """Whether work done every `every` steps (0: never) runs after `step`: on its multiples, and
+    after the last step so that a run always ends with it."""
+    return every > 0 and (step % every == 0 or step == max_steps)
+
+
 class Periodic:
     kind = ""
 
@@ -49,7 +55,7 @@ class Periodic:
         self.every = every
 
     def due(self, step: int, max_steps: int) -> bool:
-        return self.every > 0 and (step % self.every == 0 or step == max_steps)
+        return due(self.every, step, max_steps)
 
     def __call__(self, model: nn.Module, ctx: Context) -> dict[str, Any] | None:
         raise NotImplementedError

@@ -24,7 +24,7 @@ from gpt124m.train import checkpointing, distributed
 from gpt124m.train.checkpointer import Checkpointer
 from gpt124m.train.config import TrainConfig, apply_step_cap
 from gpt124m.train.costs import StepClock, device_power_watts, peak_flops, run_summary
-from gpt124m.train.evaluators import Context, Hooks, build_evaluators
+from gpt124m.train.evaluators import Context, Hooks, Periodic, build_evaluators, due
 from gpt124m.train.loggers import build_trackers
 from gpt124m.train.metrics import MetricsLog, format_duration, plot_curves
 from gpt124m.train.optim import build_optimizer
@@ -93,24 +93,18 @@ class _Run:
         self.peak = peak_flops(self.device, self.amp_dtype, cfg.peak_flops)
 
     # -- periodic work -------------------------------------------------------------------------
-    def periodic(self, *, everything: bool = False) -> None:
-        """The evaluators that are due (or all with an `every`, at step 0), then the plot."""
-        step, max_steps = self.stepper.step, self.cfg.max_steps
+    def periodic(self, evaluators: list[Periodic], *, plot: bool) -> None:
+        """Run `evaluators` and record what they return; then redraw the curves if `plot` or
+        a loss or HellaSwag score came in."""
         ctx = Context(
             self.device,
             None if self.amp_dtype == torch.float32 else self.amp_dtype,
             self.info.rank,
             self.info.world_size,
             self.info.is_main,
-            step,
+            self.stepper.step,
         )
-        every = self.cfg.eval_every
-        plot = every > 0 and (everything or step % every == 0 or step == max_steps)
-        for evaluator in self.evaluators:
-            if everything and evaluator.kind != "val":
-                continue  # at step 0 only the validation loss: the untrained baseline
-            if not everything and not evaluator.due(step, max_steps):
-                continue
+        for evaluator in evaluators:
             result = evaluator(self.module, ctx)
             if result is None:
                 continue
@@ -169,8 +163,8 @@ class _Run:
                 info.world_size,
                 f"{cfg.total_batch_tokens:,}",
             )
-        if stepper.step == 0 and cfg.eval_every > 0:
-            self.periodic(everything=True)
+        if stepper.step == 0 and cfg.eval_every > 0:  # the untrained baseline: loss only
+            self.periodic([e for e in self.evaluators if e.kind == "val"], plot=True)
         start = time.perf_counter()
         first_step = stepper.step
         clock = StepClock(self.device)
@@ -178,17 +172,18 @@ class _Run:
             stepper.run()
             clock.count_step()
             step, last = stepper.step, stepper.step == cfg.max_steps
-            logging_due = cfg.log_every and (step % cfg.log_every == 0 or last)
-            evaluating = any(e.due(step, cfg.max_steps) for e in self.evaluators)
-            evaluating = evaluating or (cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last))
-            saving = last or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0)
-            if logging_due or evaluating or saving or len(stepper.pending) >= STATS_EVERY:
+            logging_due = due(cfg.log_every, step, cfg.max_steps)
+            evaluations = [e for e in self.evaluators if e.due(step, cfg.max_steps)]
+            plotting = due(cfg.eval_every, step, cfg.max_steps)
+            saving = last or due(cfg.checkpoint_every, step, cfg.max_steps)
+            work = logging_due or evaluations or plotting or saving
+            if work or len(stepper.pending) >= STATS_EVERY:
                 stats = stepper.settle(self.checkpointer.root)
                 clock.pause()
                 if logging_due:
                     self._log_step(stats, clock.take_step_time(), start, first_step)
-                if evaluating:
-                    self.periodic()
+                if evaluations or plotting:
+                    self.periodic(evaluations, plot=plotting)
                 if saving:
                     self.checkpoint()
                 clock.resume()
