@@ -1,5 +1,5 @@
 """The SFT recipe on the shared training loop: load the base, prepare the data, size the run from
-the data set and epochs, optionally add LoRA, call the shared loop (`train.trainer.fit`), write the outputs.
+the data set and epochs, optionally add LoRA, call `train.trainer.fit`, write the outputs.
 
 Outputs in `out_dir`: `metrics.jsonl`, `curves.png`, `summary.json` and `checkpoints/` (from
 `fit`), and `model/` (full fine-tuning, or LoRA merged) and `adapter/` (LoRA, peft format).
