@@ -11,21 +11,35 @@ sampling, HellaSwag, export) ever sees, scores or samples a padding id.
 The optional `KVCache` makes decoding cost one token of compute per step. `attention_mask` (1 = real
 token, 0 = padding) supports left-padded batches: positions count only real tokens, and padded keys
 are never attended to, so each row computes exactly what it would alone.
+
+This file imports only torch: `gpt124m export` ships it verbatim beside the transformers adapter
+(`hf/remote/modeling_gpt124m.py`), so an exported model runs this very network. The trunk
+(`build_trunk`, `init_weights`, `positions_and_mask`, `run_trunk`) is what the two share.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt124m.config import ModelConfig
-
 IGNORE_INDEX = -100  # targets the loss skips (prompt and padding tokens in SFT), as in PyTorch
 
 
+class Shape(Protocol):
+    """What the blocks read from a config; gpt124m's `ModelConfig` and the exported
+    `GPT124MConfig` both have it."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: Shape):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
@@ -59,7 +73,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: Shape):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.gelu = nn.GELU(approximate="tanh")
@@ -71,7 +85,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: Shape):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
         self.attn = CausalSelfAttention(config)
@@ -85,36 +99,15 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """The language model: `config` is a `gpt124m.config.ModelConfig`."""
+
+    def __init__(self, config):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd),
-            )
-        )
+        self.transformer = build_trunk(config, config.padded_vocab_size, config.block_size)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """GPT-2 init: N(0, 0.02), residual projections scaled by (2 * n_layer) ** -0.5."""
-        if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "residual_scaled_init", False):
-                std *= (2 * self.config.n_layer) ** -0.5
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(lambda module: init_weights(module, config.n_layer))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -141,29 +134,8 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence length {past + T} exceeds the model's block size {self.config.block_size}"
             )
-        mask = None
-        if attention_mask is None:
-            pos = torch.arange(past, past + T, device=idx.device).unsqueeze(0)
-            if past and T > 1:
-                # SDPA's is_causal aligns queries to the first key; a chunk after cached tokens
-                # needs them aligned to the last, so spell the mask out.
-                full = torch.ones((1, past + T), dtype=torch.bool, device=idx.device)
-                mask = _padded_causal_mask(full, T)
-        else:
-            attention_mask = attention_mask.to(torch.bool)
-            if attention_mask.shape != (B, past + T):
-                raise ValueError(
-                    f"attention_mask must have shape {(B, past + T)}, got {tuple(attention_mask.shape)}"
-                )
-            pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            mask = _padded_causal_mask(attention_mask, T)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
-        x = self.transformer.drop(x)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, mask, cache, i)
-        if cache is not None:
-            cache.advance(T)
-        x = self.transformer.ln_f(x)
+        pos, mask = positions_and_mask(attention_mask, B, T, past, idx.device)
+        x = run_trunk(self.transformer, self.transformer.wte(idx), pos, mask, cache)
         if targets is None:
             return self._logits(x[:, -1:, :] if last_only else x), None
         logits = self._logits(x)
@@ -179,6 +151,80 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         vocab = self.config.vocab_size
         return logits if logits.size(-1) == vocab else logits[..., :vocab]
+
+
+def build_trunk(config: Shape, vocab_rows: int, block_size: int) -> nn.ModuleDict:
+    """Embeddings, blocks and the final norm, under GPT-2's parameter names."""
+    return nn.ModuleDict(
+        dict(
+            wte=nn.Embedding(vocab_rows, config.n_embd),
+            wpe=nn.Embedding(block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd),
+        )
+    )
+
+
+def init_weights(module: nn.Module, n_layer: int, std: float = 0.02) -> None:
+    """GPT-2 init: N(0, std), residual projections scaled by (2 * n_layer) ** -0.5."""
+    if isinstance(module, nn.Linear):
+        if getattr(module, "residual_scaled_init", False):
+            std *= (2 * n_layer) ** -0.5
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def positions_and_mask(
+    attention_mask: torch.Tensor | None, B: int, T: int, past: int, device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Positions of T new tokens after `past` cached ones, and the attention mask they need.
+
+    No mask means plain causal attention (SDPA's fast path). A padded batch counts positions over
+    real tokens only and hides padded keys.
+    """
+    if attention_mask is None:
+        pos = torch.arange(past, past + T, device=device).unsqueeze(0)
+        if past and T > 1:
+            # SDPA's is_causal aligns queries to the first key; a chunk after cached tokens
+            # needs them aligned to the last, so spell the mask out.
+            full = torch.ones((1, past + T), dtype=torch.bool, device=device)
+            return pos, _padded_causal_mask(full, T)
+        return pos, None
+    attention_mask = attention_mask.to(device=device, dtype=torch.bool)
+    if attention_mask.shape != (B, past + T):
+        raise ValueError(
+            f"attention_mask must have shape {(B, past + T)} (cached + new tokens), "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+    return pos, _padded_causal_mask(attention_mask, T)
+
+
+def run_trunk(
+    trunk: nn.ModuleDict,
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    mask: torch.Tensor | None,
+    cache=None,
+) -> torch.Tensor:
+    """Token embeddings `x` through position embeddings, the blocks and the final norm.
+
+    `cache` is anything with `update(layer, k, v) -> (k, v)` and `advance(n)`: a `KVCache`
+    here, a view of transformers' `DynamicCache` in the exported model.
+    """
+    x = trunk.drop(x + trunk.wpe(pos))
+    for i, block in enumerate(trunk.h):
+        x = block(x, mask, cache, i)
+    if cache is not None:
+        cache.advance(x.size(1))
+    return trunk.ln_f(x)
 
 
 def _padded_causal_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
@@ -198,7 +244,7 @@ def _padded_causal_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
 class KVCache:
     """Preallocated per-layer key/value buffers: decoding appends in place, no re-concatenation."""
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device, dtype):
+    def __init__(self, config, batch_size: int, max_len: int, device, dtype):
         if max_len > config.block_size:
             raise ValueError(f"cache length {max_len} exceeds block size {config.block_size}")
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)

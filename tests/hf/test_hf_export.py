@@ -14,7 +14,7 @@ from gpt124m.cli import main
 from gpt124m.config import GPT2_VOCAB_SIZE
 from gpt124m.generate import GenerationConfig, generate_text
 from gpt124m.hf import export as export_mod
-from gpt124m.hf.export import AUTO_MAP, REMOTE_FILES, export
+from gpt124m.hf.export import AUTO_MAP, NETWORK_FILE, REMOTE_FILES, export
 from gpt124m.loading import load_model
 from gpt124m.tokenizer import get_tokenizer
 
@@ -33,6 +33,7 @@ def test_remote_code_directory_has_everything_transformers_needs(remote_dir, nat
         "tokenizer_config.json",
         "special_tokens_map.json",
         *REMOTE_FILES,
+        NETWORK_FILE,
     } <= files
     config = json.loads((remote_dir / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP
@@ -46,6 +47,8 @@ def test_remote_code_directory_has_everything_transformers_needs(remote_dir, nat
     assert config["torch_dtype"] == "float32"
     for name in REMOTE_FILES:
         assert (remote_dir / name).read_text() == (REMOTE / name).read_text()
+    network = importlib.resources.files("gpt124m") / "model.py"
+    assert (remote_dir / NETWORK_FILE).read_text() == network.read_text()
     tok_config = json.loads((remote_dir / "tokenizer_config.json").read_text())
     assert tok_config["model_max_length"] == c.block_size
     assert tok_config["pad_token"] == "<|endoftext|>"
@@ -72,10 +75,10 @@ def test_run_artefacts_are_copied(remote_dir, native_dir):
         assert (remote_dir / name).read_bytes() == (native_dir / name).read_bytes()
 
 
-def test_remote_code_imports_only_torch_transformers_and_stdlib():
-    allowed = {"torch", "transformers", "dataclasses", "math"}
-    for name in REMOTE_FILES:
-        tree = ast.parse((REMOTE / name).read_text())
+def test_remote_code_imports_only_torch_transformers_and_stdlib(remote_dir):
+    allowed = {"torch", "transformers", "dataclasses", "typing", "__future__"}
+    for name in (*REMOTE_FILES, NETWORK_FILE):
+        tree = ast.parse((remote_dir / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 roots = {alias.name.split(".")[0] for alias in node.names}
@@ -84,6 +87,17 @@ def test_remote_code_imports_only_torch_transformers_and_stdlib():
             else:
                 continue
             assert roots <= allowed, f"{name} imports {roots - allowed}"
+
+
+def test_the_adapter_builds_no_network_of_its_own():
+    """Layers, attention and masks come from the shipped network file alone: a second copy of
+    any of them in the adapter is how the two would drift apart."""
+    tree = ast.parse((REMOTE / "modeling_gpt124m.py").read_text())
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    network = {"scaled_dot_product_attention", "LayerNorm", "Embedding", "GELU", "cumsum", "tril"}
+    assert not used & network
+    classes = [n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    assert classes == ["_CacheView", "GPT124MPreTrainedModel", "GPT124MForCausalLM"]
 
 
 def test_gpt2_directory_has_transformers_gpt2_layout(gpt2_dir, native_model):

@@ -107,6 +107,33 @@ def test_left_padding_gives_each_row_what_it_computes_alone(hf_model):
     torch.testing.assert_close(padded[0, 4:], alone[0], atol=1e-5, rtol=0)
 
 
+def test_left_padded_batched_cached_logits_equal_native(hf_model, native_model):
+    """The same left-padded batch through both, prefill then two cached steps: same logits at
+    every real position, and at padded positions too (same positions, same mask)."""
+    from gpt124m.model import KVCache
+
+    ids = ids_batch(3, 10, seed=7)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[0, :6], mask[1, :2] = 0, 0
+    ids[mask == 0] = EOT
+    cache = KVCache(native_model.config, 3, 10, "cpu", torch.float32)
+    with torch.no_grad():
+        hf_prefill = hf_model(input_ids=ids[:, :8], attention_mask=mask[:, :8], use_cache=True)
+        ours, _ = native_model(ids[:, :8], attention_mask=mask[:, :8], cache=cache)
+        torch.testing.assert_close(hf_prefill.logits[..., :V], ours, atol=1e-5, rtol=0)
+        hf_cache = cache_of(hf_prefill)
+        for t in (8, 9):
+            step = hf_model(
+                input_ids=ids[:, t : t + 1],
+                attention_mask=mask[:, : t + 1],
+                cache=hf_cache,
+                use_cache=True,
+            )
+            ours, _ = native_model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache)
+            torch.testing.assert_close(step.logits[..., :V], ours, atol=1e-5, rtol=0)
+            assert torch.isneginf(step.logits[..., V:]).all()
+
+
 def test_greedy_generate_uses_the_cache_and_equals_native(hf_model, native_model, monkeypatch):
     prompt = ids_batch(1, 7, seed=5)
     lengths = []

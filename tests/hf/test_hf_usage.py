@@ -60,6 +60,9 @@ print("REPORT " + json.dumps(report))
 """
 
 
+CODE_FETCHED = "A new version of the following files was downloaded from"
+
+
 def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown, re.S)
 
@@ -95,8 +98,11 @@ def test_card_snippets_run_unchanged_against_the_export(
     line = next(x for x in proc.stdout.splitlines() if x.startswith("REPORT "))
     pipeline_report, generate_report = json.loads(line.removeprefix("REPORT "))
 
-    # both snippets run without a single warning (e.g. max_new_tokens vs a stored max_length)
-    assert pipeline_report["warnings"] == [] and generate_report["warnings"] == []
+    # Both snippets run without a single warning (e.g. max_new_tokens vs a stored max_length),
+    # bar transformers' notice that remote code was fetched without a pinned revision: any
+    # remote-code model prints it once, on its first download.
+    for report in (pipeline_report, generate_report):
+        assert [w for w in report["warnings"] if not w.startswith(CODE_FETCHED)] == []
 
     # pipeline(..., do_sample=True, max_new_tokens=30, ...): random text continuing the prompt
     tokenizer = get_tokenizer()

@@ -2,7 +2,8 @@
 
 `remote-code` writes our own model directory (same config keys, same tensor names, so
 `gpt124m.checkpoint.load_model` reads it unchanged) plus the transformers keys, the remote
-configuration/modeling files, generation_config.json and a model card. transformers then loads it
+configuration/modeling files (a transformers adapter plus `gpt124m/model.py` itself, copied as
+`gpt124m_network.py`), generation_config.json and a model card. transformers then loads it
 with `trust_remote_code=True`, logits identical to ours over the real vocabulary.
 
 `gpt2` converts to the layout of `transformers.GPT2LMHeadModel` (Conv1D weights, 50257-row
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("remote-code", "gpt2")
 DEFAULT_REPO_ID = "USER/NAME"
 REMOTE_FILES = ("configuration_gpt124m.py", "modeling_gpt124m.py")
+NETWORK_FILE = "gpt124m_network.py"  # gpt124m/model.py, verbatim: the adapter's network
 MODEL_TYPE = "gpt124m"
 ARCHITECTURE = "GPT124MForCausalLM"
 AUTO_MAP = {
@@ -178,6 +180,9 @@ def write_remote_code(model: GPT, out: Path, metadata: dict[str, Any]) -> None:
     remote = importlib.resources.files("gpt124m.hf") / "remote"
     for name in REMOTE_FILES:
         atomic_write_text(out / name, (remote / name).read_text())
+    atomic_write_text(
+        out / NETWORK_FILE, (importlib.resources.files("gpt124m") / "model.py").read_text()
+    )
     _finish_tokenizer(out, model.config.block_size)
     _write_generation_config(out, model.config.block_size)
 
