@@ -7,7 +7,7 @@ tokens/s (the prompt's prefill included), with the ratio ours/HF, whether the gr
 identical, and the memory-bandwidth floor: bytes a decode step must read (every weight once, plus
 the KV cache) divided by the bandwidth of a large tensor copy measured in the same run.
 
-    python bench/generate.py [--batch 1 8] [--dtype float32 bfloat16] [--prompt-len 64]
+    python bench/generate.py [--batch 1 8] [--precision fp32 bf16] [--prompt-len 64]
                              [--new-tokens 128] [--repeats 2] [--threads N]
 """
 
@@ -103,7 +103,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="gpt2")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2)
@@ -136,7 +136,7 @@ def main() -> None:
         f"{'floor tok/s':>12} {'ours/floor':>10}  greedy tokens"
     )
     g = torch.Generator().manual_seed(args.seed)
-    for dtype_name in args.dtype:
+    for dtype_name in args.precision:
         dtype = resolve_dtype(dtype_name)
         ours.to(dtype)
         reference.to(dtype)

@@ -5,12 +5,17 @@ point on tiny Shakespeare (GPT-2 BPE, first 90% of the characters to train, last
 validate), for the same token budget, batch, warmup + cosine schedule to 10% and clipping, in
 fp32. The seed's recipe is AdamW (0.9, 0.95, weight decay 0.1); the Muon recipe is
 `--optimizer muon`: Muon on the blocks' matrices, AdamW (as the seed's) on embeddings, norms and
-biases. Each recipe's learning rate comes from a small sweep on seed 0 (Muon's AdamW part keeps
-the seed recipe's best LR); the best of each then runs a second seed. Prints the sweep, both
+biases. Each recipe's learning rates come from a small sweep on seed 0 (the Muon recipe's: its
+Muon LR by its AdamW LR, which defaults to the seed recipe's best); the best of each then runs a
+second seed. Prints the sweep, both
 validation curves, and the tokens the Muon recipe needs to reach the seed recipe's final
 validation loss (mean of the seeds' curves, interpolated between evaluations); plots the curves.
 
-    python bench/recipe.py [--steps 300] [--adamw-lrs 1e-3 2e-3 4e-3] [--muon-lrs 0.01 0.02 0.04]
+    python bench/recipe.py [--steps 300] [--adamw-lrs 5e-4 1e-3 2e-3 4e-3] [--muon-lrs 0.02 0.05]
+                           [--muon-adamw-lrs 1e-3 1e-2] [--work DIR]
+
+`--work DIR` keeps the prepared data and every run; a finished run there is read back, not
+trained again, so a wider sweep only trains what is new.
 
 Skips (exit 0) when the text file is absent.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -36,8 +42,19 @@ EVALS = 10
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
+def read_curve(out: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["tokens"], r["loss"]) for r in records if r["kind"] == "val"]
+
+
 def run(data: Path, out: Path, steps: int, seed: int, **optim) -> list[tuple[int, float]]:
-    """One training run; its validation curve as (tokens, loss)."""
+    """One training run; its validation curve as (tokens, loss). A finished run of the same
+    name in `--work` is read back instead of trained again."""
+    if (out / "metrics.jsonl").is_file():
+        curve = read_curve(out)
+        if curve and curve[-1][0] == steps * BATCH * SEQ:
+            return curve
+    shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(
         model="nano",
         data_dir=str(data),
@@ -61,8 +78,7 @@ def run(data: Path, out: Path, steps: int, seed: int, **optim) -> list[tuple[int
     )
     cfg.min_lr = cfg.max_lr / 10
     pretrain(cfg)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [(r["tokens"], r["loss"]) for r in records if r["kind"] == "val"]
+    return read_curve(out)
 
 
 def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
@@ -111,8 +127,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text", type=Path, default=DEFAULT_TEXT)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--adamw-lrs", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3])
-    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[0.01, 0.02, 0.04])
+    parser.add_argument("--adamw-lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3, 4e-3])
+    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[0.02, 0.05])
+    parser.add_argument(
+        "--muon-adamw-lrs",
+        type=float,
+        nargs="+",
+        help="the Muon recipe's AdamW LRs to sweep (default: the seed recipe's best)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--plot", type=Path, default=DOCS / "muon-recipe.png")
     parser.add_argument("--work", type=Path, help="keep the data and runs here (default: temp)")
@@ -128,29 +150,34 @@ def main() -> int:
     start = time.perf_counter()
     first, rest = args.seeds[0], args.seeds[1:]
 
-    def sweep(name: str, lrs: list[float], make) -> tuple[float, list]:
+    def sweep(settings: dict[str, dict]) -> tuple[str, list]:
+        """Each named setting on the first seed; the best one again on the other seeds."""
         finals = {}
-        for lr in lrs:
-            curve = run(data, work / f"{name}-{lr:g}-s{first}", args.steps, first, **make(lr))
-            finals[lr] = curve
-            print(f"  {name:<6} lr {lr:<8g} seed {first}: final val {curve[-1][1]:.4f}")
-        best = min(finals, key=lambda lr: finals[lr][-1][1])
+        for name, optim in settings.items():
+            finals[name] = run(data, work / f"{name}-s{first}", args.steps, first, **optim)
+            print(f"  {name:<22} seed {first}: final val {finals[name][-1][1]:.4f}")
+        best = min(finals, key=lambda name: finals[name][-1][1])
         curves = [finals[best]]
         for seed in rest:
-            curves.append(
-                run(data, work / f"{name}-{best:g}-s{seed}", args.steps, seed, **make(best))
-            )
+            curves.append(run(data, work / f"{best}-s{seed}", args.steps, seed, **settings[best]))
         return best, curves
 
     print("sweep (final validation loss):")
-    adamw_lr, adamw = sweep("adamw", args.adamw_lrs, lambda lr: {"max_lr": lr})
-    muon_lr, muon = sweep(
-        "muon",
-        args.muon_lrs,
-        lambda lr: {"optimizer": "muon", "muon_lr": lr, "max_lr": adamw_lr},
-    )
+    adamw_runs = {f"adamw-{lr:g}": {"max_lr": lr} for lr in args.adamw_lrs}
+    adamw_best, adamw = sweep(adamw_runs)
+    adamw_lr = adamw_runs[adamw_best]["max_lr"]
+    muon_runs = {
+        f"muon-{m:g}-a{a:g}": {"optimizer": "muon", "muon_lr": m, "max_lr": a}
+        for m in args.muon_lrs
+        for a in args.muon_adamw_lrs or [adamw_lr]
+    }
+    muon_best, muon = sweep(muon_runs)
+    best = muon_runs[muon_best]
     a, m = mean_curve(adamw), mean_curve(muon)
-    print(f"\nbest: AdamW max_lr {adamw_lr:g}; Muon muon_lr {muon_lr:g} (AdamW part {adamw_lr:g})")
+    print(
+        f"\nbest: seed recipe AdamW max_lr {adamw_lr:g}; Muon recipe muon_lr {best['muon_lr']:g} "
+        f"with AdamW max_lr {best['max_lr']:g} on embeddings, norms and biases"
+    )
     print(f"validation loss, mean of seeds {args.seeds}:")
     print(f"{'tokens':>9} {'seed recipe':>12} {'Muon':>8}")
     for (tokens, la), (_, lm) in zip(a, m, strict=True):

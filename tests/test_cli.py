@@ -101,7 +101,7 @@ def test_generate_bad_values_exit_2(tiny_model_dir, capsys, flags, message):
 
 
 @pytest.mark.parametrize(
-    "flags", [["--max-new-tokens", "ten"], ["--dtype", "int8"], ["--temperature", "hot"], []]
+    "flags", [["--max-new-tokens", "ten"], ["--precision", "int8"], ["--temperature", "hot"], []]
 )
 def test_generate_unparsable_flags_exit_2(tiny_model_dir, capsys, flags):
     argv = ["generate", "--model", str(tiny_model_dir)] if flags else ["generate"]
@@ -129,6 +129,7 @@ def test_info_preset(capsys):
 
 def test_info_list_and_model(tiny_model, tiny_model_dir, capsys):
     assert main(["info", "--list"]) == 0
+    assert main(["info", "--list", "--preset", "gpt2"]) == 2  # one of them
     out = capsys.readouterr().out
     assert all(name in out for name in PRESETS)
     assert main(["info", "--model", str(tiny_model_dir)]) == 0

@@ -84,7 +84,7 @@ def train_argv(inputs, *flags) -> list[str]:
         (["--resume", "{root}/missing"], ["--resume", "no such checkpoint directory"]),
         (["--resume", "{root}/a_file.txt"], ["--resume", "not a checkpoint directory"]),
         (["--resume", "{model}"], ["--resume", "a model directory, not a training checkpoint"]),
-        (["--precision", "fp12"], ["--precision 'fp12'", "fp32"]),
+        (["--precision", "fp12"], ["--precision: invalid choice: 'fp12'", "fp32"]),
         (["--max-lr", "-1"], ["--max-lr -1.0: must be positive"]),
         (["--max-lr", "1e-4", "--min-lr", "1e-3"], ["--min-lr 0.001", "--max-lr"]),
     ],
@@ -106,7 +106,7 @@ def sft_argv(inputs, *flags) -> list[str]:
         (["--data", "{root}/missing.json"], ["missing.json: no such file"]),
         (["--resume", "{root}/missing"], ["--resume", "no such checkpoint directory"]),
         (["--resume", "{model}"], ["--resume", "a model directory, not a training checkpoint"]),
-        (["--precision", "fp12"], ["--precision 'fp12'"]),
+        (["--precision", "fp12"], ["--precision: invalid choice: 'fp12'"]),
         (["--max-lr", "-1"], ["--max-lr -1.0: must be positive"]),
     ],
 )
@@ -119,7 +119,7 @@ def test_sft_bad_input(tmp_path, inputs, flags, expected):
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        (["--precision", "fp12"], ["--precision 'fp12'"]),
+        (["--precision", "fp12"], ["--precision: invalid choice: 'fp12'"]),
         (["--max-steps", "0"], ["--max-steps 0: must be positive"]),
     ],
 )

@@ -141,7 +141,7 @@ def test_batched_prompts_equal_each_alone(tiny_model):
 
 
 def test_bfloat16_cli_equals_a_left_padded_bfloat16_batch(tiny_model_dir, tok, capsys):
-    """`generate --dtype bfloat16`, one prompt per call, against the same prompts batched
+    """`generate --precision bf16`, one prompt per call, against the same prompts batched
     (left-padded to the longest) on the model loaded in bfloat16."""
     from gpt124m.cli import main
     from gpt124m.loading import load_model
@@ -152,7 +152,7 @@ def test_bfloat16_cli_equals_a_left_padded_bfloat16_batch(tiny_model_dir, tok, c
     assert model.transformer.wte.weight.dtype == torch.bfloat16
     cfg = GenerationConfig(max_new_tokens=12)
     batched = generate_text(model, tok, prompts, cfg)
-    argv = ["generate", "--model", str(tiny_model_dir), "--dtype", "bfloat16", "--device", "cpu"]
+    argv = ["generate", "--model", str(tiny_model_dir), "--precision", "bf16", "--device", "cpu"]
     argv += ["--temperature", "0", "--max-new-tokens", "12"]
     alone = []
     for prompt in prompts:

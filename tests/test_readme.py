@@ -192,7 +192,7 @@ def test_every_offline_readme_command_runs(tour):
         if o.proc is not None:
             print(f"{o.seconds:7.1f}  {o.command.text.strip().splitlines()[0]}")
     ran = [o.command.text for o in outcomes if o.proc is not None]
-    for must in ("gpt124m quickstart", "gpt124m prepare --source builtin --out data/builtin"):
+    for must in ("gpt124m quickstart", "gpt124m prepare --source builtin --out-dir data/builtin"):
         assert must in ran, f"{must!r} must run, not be skipped"
     assert any(o.command.kind == "python" for o in outcomes if o.proc is not None)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The weights' dtype for inference, by the precision names every command uses (gpt124m.flags).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TF32_ENV = "GPT124M_TF32"  # "0" keeps fp32 matmuls in full fp32 on CUDA (exact CPU comparisons)
 
 
@@ -34,7 +35,7 @@ def resolve_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(f"dtype {name!r}: choose one of {', '.join(DTYPES)}") from None
+        raise ValueError(f"--precision {name!r}: choose one of {', '.join(DTYPES)}") from None
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:

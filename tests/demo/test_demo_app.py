@@ -153,8 +153,11 @@ def test_bad_input_becomes_a_gradio_error_with_the_message(base):
 
 
 def test_default_host_is_loopback():
-    args = build_parser().parse_args(["demo", "--model", "m"])
-    assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
+    from gpt124m.cli.demo import DemoOptions
+    from gpt124m.flags import from_args
+
+    opts = from_args(build_parser().parse_args(["demo", "--model", "m"]), DemoOptions)
+    assert (opts.host, opts.port, opts.share) == ("127.0.0.1", 7860, False)
 
 
 def test_without_gradio_the_command_says_how_to_install_it(monkeypatch, capsys, tmp_path):

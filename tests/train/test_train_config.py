@@ -83,8 +83,10 @@ def test_indivisible_batch_is_a_clear_error():
 
 
 def test_bad_values_and_recipes_are_named(tmp_path):
-    with pytest.raises(ValueError, match="--precision"):
+    with pytest.raises(SystemExit):  # the flag's choices, from the field
         parse(["--precision", "fp8"])
+    with pytest.raises(ValueError, match="--precision 'fp8': choose from auto, fp32"):
+        TrainConfig(precision="fp8").validate()  # the library checks the same choices
     with pytest.raises(ValueError, match="--grad-clip 0.0: must be positive"):
         parse(["--grad-clip", "0"])
     with pytest.raises(ValueError, match="unknown recipe"):

@@ -19,8 +19,15 @@ def _command_modules():
             yield importlib.import_module(f"{__name__}.{info.name}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get one line naming the problem (and exit 2), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gpt124m",
         description="Pretrain, evaluate, instruction-tune, run and publish GPT-2-class models.",
     )

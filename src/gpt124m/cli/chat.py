@@ -3,8 +3,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 
-from gpt124m.cli._sampling import add_sampling_arguments, generation_config
+from gpt124m.cli._sampling import SamplingOptions, generation_config
+from gpt124m.flags import add_arguments as add_flags
+from gpt124m.flags import from_args, option
+from gpt124m.sft.template import TEMPLATES
 
 NAME = "chat"
 HELP = "Talk to an instruction-tuned model: one instruction per line, or one shot."
@@ -12,19 +16,22 @@ HELP = "Talk to an instruction-tuned model: one instruction per line, or one sho
 log = logging.getLogger(__name__)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from gpt124m.sft.template import TEMPLATES
-
-    p.add_argument("--model", required=True, help="model directory, GPT-2 directory or hub id")
-    p.add_argument(
-        "--template",
-        choices=TEMPLATES,
-        help="prompt template; use the one the model was tuned with (default: the template the "
+@dataclass(kw_only=True)
+class ChatOptions(SamplingOptions):
+    template: str | None = option(
+        None,
+        "prompt template; use the one the model was tuned with (default: the template the "
         "model directory records, else seed)",
+        choices=TEMPLATES,
     )
-    p.add_argument("--instruction", help="answer this one instruction and exit")
-    p.add_argument("--input", default="", help="optional input for --instruction")
-    add_sampling_arguments(p, max_new_tokens=256, temperature=0.7)
+    instruction: str | None = option(None, "answer this one instruction and exit")
+    input: str = option("", "optional input for --instruction")
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_flags(p, ChatOptions)
     p.epilog = (
         "Without --instruction, each line read from stdin is an instruction; the response "
         "streams to stdout, and the session ends at end of input (Ctrl-D)."
@@ -38,13 +45,14 @@ def run(args: argparse.Namespace) -> int:
     from gpt124m.sft.chat import respond, trained_template
     from gpt124m.tokenizer import get_tokenizer
 
+    args = from_args(args, ChatOptions)
     if args.input and args.instruction is None:
         raise ValueError("--input needs --instruction")
     cfg = generation_config(args)
     model_dir = resolve_source(args.model)
     template = args.template or trained_template(read_config(model_dir))
     device = resolve_device(args.device)
-    model = load_model(model_dir, device=device, dtype=resolve_dtype(args.dtype))
+    model = load_model(model_dir, device=device, dtype=resolve_dtype(args.precision))
     log.info("loaded %s on %s; template %s", args.model, device, template)
     tokenizer = get_tokenizer()
 

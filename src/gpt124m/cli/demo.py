@@ -3,6 +3,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
+
+from gpt124m.flags import DEVICE_HELP, WEIGHT_PRECISIONS, from_args, option
+from gpt124m.flags import add_arguments as add_flags
+from gpt124m.sft.template import TEMPLATES
 
 NAME = "demo"
 HELP = "Serve a web demo (Gradio) of a base model and, optionally, an instruct model."
@@ -10,38 +15,40 @@ HELP = "Serve a web demo (Gradio) of a base model and, optionally, an instruct m
 log = logging.getLogger(__name__)
 
 
+@dataclass(kw_only=True)
+class DemoOptions:
+    model: str = option(help="model directory, GPT-2 directory or hub id")
+    instruct_model: str | None = option(None, "instruction-tuned model: adds the Instruct tab")
+    template: str | None = option(
+        None,
+        "the instruct model's prompt template (default: the one its directory records, else "
+        "seed; as `gpt124m chat`)",
+        choices=TEMPLATES,
+    )
+    host: str = option("127.0.0.1", "address to listen on (default: loopback)")
+    port: int = option(7860, "port to listen on")
+    share: bool = option(False, "also publish a public Gradio share link")
+    max_new_tokens: int | None = option(
+        None, "cap on new tokens per request (default: min(256, half the context))"
+    )
+    max_input_tokens: int | None = option(
+        None, "cap on prompt tokens per request (default: the context minus --max-new-tokens)"
+    )
+    concurrency: int = option(1, "requests generating at once")
+    queue_size: int = option(16, "requests waiting at most")
+    device: str = option("auto", DEVICE_HELP)
+    precision: str = option("fp32", "the weights' precision", choices=WEIGHT_PRECISIONS)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory, GPT-2 directory or hub id")
-    p.add_argument("--instruct-model", help="instruction-tuned model: adds the Instruct tab")
-    p.add_argument(
-        "--template",
-        choices=["seed", "alpaca"],
-        help="the instruct model's prompt template (default: the one its directory records, "
-        "else seed; as `gpt124m chat`)",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--share", action="store_true", help="also publish a public Gradio share link")
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        help="cap on new tokens per request (default: min(256, half the context))",
-    )
-    p.add_argument(
-        "--max-input-tokens",
-        type=int,
-        help="cap on prompt tokens per request (default: the context minus --max-new-tokens)",
-    )
-    p.add_argument("--concurrency", type=int, default=1, help="requests generating at once")
-    p.add_argument("--queue-size", type=int, default=16, help="requests waiting at most")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_flags(p, DemoOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     from gpt124m.demo.app import build_app, launch, require_gradio
     from gpt124m.demo.backend import DemoModel
 
+    args = from_args(args, DemoOptions)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own health checks
     try:
         require_gradio()
@@ -53,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.template and not args.instruct_model:
         raise ValueError("--template applies to --instruct-model; give one")
     caps = {"max_new_tokens": args.max_new_tokens, "max_input_tokens": args.max_input_tokens}
-    load = {"device": args.device, "dtype": args.dtype, **caps}
+    load = {"device": args.device, "precision": args.precision, **caps}
     model = DemoModel.load(args.model, **load)
     log.info("completion model: %s", _describe(model))
     instruct = None

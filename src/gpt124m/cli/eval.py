@@ -3,7 +3,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+
+from gpt124m.flags import PRECISIONS, TORCHRUN_DEVICE_HELP, from_args, option
+from gpt124m.flags import add_arguments as add_flags
 
 NAME = "eval"
 HELP = "Evaluate a model: HellaSwag (two scoring conventions) or validation loss."
@@ -11,21 +15,43 @@ HELP = "Evaluate a model: HellaSwag (two scoring conventions) or validation loss
 log = logging.getLogger(__name__)
 
 
-def _common(p: argparse.ArgumentParser, out_default: str | None) -> None:
-    p.add_argument("--model", required=True, help="model directory, GPT-2 directory or hub id")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (torchrun: per rank)")
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="autocast precision; auto picks bf16 where the hardware runs it natively",
+@dataclass(kw_only=True)
+class EvalOptions:
+    model: str = option(help="model directory, GPT-2 directory or hub id")
+    device: str = option("auto", TORCHRUN_DEVICE_HELP)
+    precision: str = option(
+        "fp32",
+        "autocast precision; auto picks bf16 where the hardware runs it natively",
+        choices=PRECISIONS,
     )
-    p.add_argument(
-        "--out",
-        default=out_default,
-        help="directory for the result files"
-        + (f" (default: {out_default})" if out_default else ""),
+
+
+@dataclass(kw_only=True)
+class HellaSwagOptions(EvalOptions):
+    out_dir: str = option("hellaswag-results", "directory for the result files", aliases=("--out",))
+    data: str | None = option(
+        None,
+        "local .jsonl or .parquet in the official layout (default: download the validation "
+        "split of Rowan/hellaswag from the Hugging Face Hub, cached)",
     )
+    limit: int | None = option(None, "evaluate only the first N items")
+    batch_size: int = option(16, "items per forward pass")
+    cache_dir: str | None = option(None, "Hugging Face cache directory for the download")
+    name: str | None = option(None, "the model's name in the comparison (default: --model)")
+
+
+@dataclass(kw_only=True)
+class LossOptions(EvalOptions):
+    out_dir: str | None = option(
+        None, "directory for loss.json (default: only print the result)", aliases=("--out",)
+    )
+    data: str = option(help="prepared shard directory (val split) or a UTF-8 text file")
+    tokens: int | None = option(None, "token budget over all ranks (default: all)")
+    batch_size: int = option(8, "sequences per forward pass")
+    seq_len: int | None = option(None, "tokens per sequence (default: the model's block size)")
+
+
+OPTIONS = {"hellaswag": HellaSwagOptions, "loss": LossOptions}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,42 +63,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "harness (lm-evaluation-harness) conventions, with a comparison to published numbers. "
         "Multi-GPU: torchrun --nproc_per_node N -m gpt124m eval hellaswag ...",
     )
-    _common(hs, "hellaswag-results")
-    hs.add_argument(
-        "--data",
-        help="local .jsonl or .parquet in the official layout (default: download the "
-        "validation split of Rowan/hellaswag from the Hugging Face Hub, cached)",
-    )
-    hs.add_argument("--limit", type=int, help="evaluate only the first N items")
-    hs.add_argument("--batch-size", type=int, default=16, help="items per forward pass")
-    hs.add_argument("--cache-dir", help="Hugging Face cache directory for the download")
-    hs.add_argument("--name", help="the model's name in the comparison (default: --model)")
-
+    add_flags(hs, HellaSwagOptions)
     loss = sub.add_parser(
         "loss",
         help="mean loss, perplexity and bits per byte on held-out tokens",
         description="Mean next-token loss, perplexity and bits per byte over a deterministic "
         "read of a prepared shard directory's val split, or of a text file.",
     )
-    _common(loss, None)
-    loss.add_argument(
-        "--data", required=True, help="prepared shard directory (val split) or a UTF-8 text file"
-    )
-    loss.add_argument("--tokens", type=int, help="token budget over all ranks (default: all)")
-    loss.add_argument("--batch-size", type=int, default=8)
-    loss.add_argument("--seq-len", type=int, help="default: the model's block size")
+    add_flags(loss, LossOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     from gpt124m.train import distributed
 
+    command = args.eval_command
+    args = from_args(args, OPTIONS[command])
     for flag in ("limit", "batch_size", "tokens", "seq_len"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     info = distributed.init(args.device)
     try:
-        if args.eval_command == "hellaswag":
+        if command == "hellaswag":
             return _hellaswag(args, info)
         return _loss(args, info)
     finally:
@@ -127,7 +139,7 @@ def _hellaswag(args, info) -> int:
     if not info.is_main:
         return 0
     name = args.name or args.model
-    out = Path(args.out)
+    out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(result.records, out / "hellaswag_predictions.jsonl")
     rows = report.comparison_rows(result.metrics, name)
@@ -196,10 +208,10 @@ def _loss(args, info) -> int:
         f"loss {result['loss']:.4f}  ppl {result['ppl']:.3f}  bits/byte {result['bpb']:.4f}  "
         f"tokens {result['tokens']:,}  bytes {result['bytes']:,}"
     )
-    if args.out:
+    if args.out_dir:
         from gpt124m.atomic import atomic_write_text
 
-        path = Path(args.out) / "loss.json"
+        path = Path(args.out_dir) / "loss.json"
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
         log.info("wrote %s", path)
     return 0

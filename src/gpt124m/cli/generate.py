@@ -4,8 +4,11 @@ import argparse
 import dataclasses
 import logging
 import sys
+from dataclasses import dataclass
 
-from gpt124m.cli._sampling import add_sampling_arguments, generation_config
+from gpt124m.cli._sampling import SamplingOptions, generation_config
+from gpt124m.flags import add_arguments as add_flags
+from gpt124m.flags import from_args, option
 
 NAME = "generate"
 HELP = "Generate text from a model directory or hub id; streams to stdout."
@@ -13,12 +16,15 @@ HELP = "Generate text from a model directory or hub id; streams to stdout."
 log = logging.getLogger(__name__)
 
 
+@dataclass(kw_only=True)
+class GenerateOptions(SamplingOptions):
+    prompt: str | None = option(None, "prompt text (default: read stdin)")
+    num_samples: int = option(1, "independent samples to print")
+    stop: list[str] = option(default_factory=list, help="stop string (repeatable)", repeat=True)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory, GPT-2 directory or hub id")
-    p.add_argument("--prompt", help="prompt text (default: read stdin)")
-    add_sampling_arguments(p, max_new_tokens=64, temperature=0.8)
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples to print")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    add_flags(p, GenerateOptions)
     p.epilog = "Only the generated text goes to stdout; logs go to stderr."
 
 
@@ -28,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt124m.loading import load_model
     from gpt124m.tokenizer import get_tokenizer
 
+    args = from_args(args, GenerateOptions)
     if args.prompt is None and sys.stdin.isatty():
         log.info("reading the prompt from stdin (end it with Ctrl-D)")
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
@@ -37,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
     cfg = generation_config(args, stop=tuple(args.stop))
     device = resolve_device(args.device)
-    model = load_model(args.model, device=device, dtype=resolve_dtype(args.dtype))
+    model = load_model(args.model, device=device, dtype=resolve_dtype(args.precision))
     log.info("loaded %s (%s parameters) on %s", args.model, f"{model.num_params():,}", device)
     tokenizer = get_tokenizer()
     for i in range(args.num_samples):

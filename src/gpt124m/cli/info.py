@@ -1,21 +1,33 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+
+from gpt124m.flags import add_arguments as add_flags
+from gpt124m.flags import from_args, option
 
 NAME = "info"
 HELP = "Show a preset's or model directory's config, parameter count and memory needs."
 
 
+@dataclass(kw_only=True)
+class InfoOptions:
+    preset: str | None = option(None, "a named preset (see --list)")
+    model: str | None = option(None, "a model directory or hub id (weights are not loaded)")
+    list: bool = option(False, "list the presets")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--preset", help="a named preset (see --list)")
-    which.add_argument("--model", help="a model directory or hub id (weights are not loaded)")
-    which.add_argument("--list", action="store_true", help="list the presets")
+    add_flags(p, InfoOptions)
+    p.epilog = "Give exactly one of --preset, --model and --list."
 
 
 def run(args: argparse.Namespace) -> int:
     from gpt124m.config import PRESETS, describe, get_preset
 
+    args = from_args(args, InfoOptions)
+    if sum((args.preset is not None, args.model is not None, args.list)) != 1:
+        raise ValueError("give exactly one of --preset, --model and --list")
     if args.list:
         for name, preset in PRESETS.items():
             summary = preset.description.split(". ")[0]

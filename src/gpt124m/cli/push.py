@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
+
+from gpt124m.flags import add_arguments as add_flags
+from gpt124m.flags import from_args, option
 
 NAME = "push"
 HELP = "Upload an exported directory to the Hugging Face Hub (token from HF_TOKEN or a login)."
@@ -9,17 +13,22 @@ HELP = "Upload an exported directory to the Hugging Face Hub (token from HF_TOKE
 log = logging.getLogger(__name__)
 
 
+@dataclass(kw_only=True)
+class PushOptions:
+    out_dir: str = option(help="a directory written by `gpt124m export`", positional=True)
+    repo_id: str = option(help="USER/NAME or ORG/NAME; created if absent")
+    private: bool = option(False, "create the repo as private")
+    dry_run: bool = option(False, "list what would be uploaded; touch no network")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out_dir", help="a directory written by `gpt124m export`")
-    p.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME; created if absent")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
-    p.add_argument(
-        "--dry-run", action="store_true", help="list what would be uploaded; touch no network"
-    )
+    add_flags(p, PushOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     from gpt124m.hf.hub import card_names_repo, check_repo_id, format_plan, plan_upload, push
+
+    args = from_args(args, PushOptions)
 
     check_repo_id(args.repo_id)
     files = plan_upload(args.out_dir)

@@ -16,14 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "override it",
     )
     add_sft_arguments(p)
-    p.add_argument("--out", dest="out_dir", help="same as --out-dir")
     p.epilog = (
         "Unset (None) defaults are resolved per run: --max-lr 5e-5 for full fine-tuning, 3e-4 "
         "for LoRA; --weight-decay 0.1 full, 0.0 LoRA; --seq-len the model's block size; "
         "--micro-batch-size --batch-size / world size; --max-steps from --epochs; "
         "--warmup-steps --warmup-fraction of the steps. "
-        "Examples: gpt124m sft --base runs/gpt124m-fineweb-edu/model --data alpaca --out runs/sft | "
-        "gpt124m sft --base gpt2 --data my.jsonl --method lora --out runs/lora | "
+        "Examples: gpt124m sft --base runs/gpt124m-fineweb-edu/model --data alpaca --out-dir runs/sft | "
+        "gpt124m sft --base gpt2 --data my.jsonl --method lora --out-dir runs/lora | "
         "multi-GPU: torchrun --nproc_per_node 8 -m gpt124m sft --config gpt124m-alpaca"
     )
 

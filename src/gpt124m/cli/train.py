@@ -8,12 +8,12 @@ HELP = "Pretrain a GPT on prepared token shards (one process, or torchrun for DD
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from gpt124m.train.config import add_config_arguments
+    from gpt124m.train.config import add_config_arguments, recipe_names
 
     p.add_argument(
         "--config",
-        help="a bundled recipe (gpt124m-fineweb-edu, gpt2-10b, quickstart) or a YAML file; "
-        "flags given here override it",
+        help=f"a bundled recipe ({', '.join(recipe_names())}) or a YAML file; flags given here "
+        "override it",
     )
     add_config_arguments(p)
     p.epilog = (

@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from gpt124m.data import shards as fmt
 from gpt124m.data.encoding import COUNTERS, Chunk, encoded_chunks, stream_position
 from gpt124m.data.sources import Source, open_source
 from gpt124m.data.writer import ShardWriter
+from gpt124m.flags import option
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +41,34 @@ AUTO_VAL_DIVISOR = 10
 
 @dataclass
 class PrepareConfig:
-    source: str = (
-        "HuggingFaceFW/fineweb-edu"  # hub dataset id, or local path/glob/dir, or "builtin"
+    """What `gpt124m prepare` reads and writes; each field is also its flag."""
+
+    source: str = option(
+        "HuggingFaceFW/fineweb-edu",
+        "hub dataset id, local file/dir/glob (.txt .jsonl .json .parquet), or 'builtin'",
     )
-    out_dir: str = "data/fineweb-edu"
-    hf_config: str | None = "sample-10BT"
-    split: str = "train"
-    text_field: str = "text"
-    split_lines: bool = False
-    shard_tokens: int = 100_000_000
-    val_tokens: int | None = None  # None: one shard, at most a tenth of a smaller source
-    max_tokens: int | None = None
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    progress: bool = True
+    out_dir: str = option("data/fineweb-edu", "output directory", aliases=("--out",))
+    hf_config: str | None = option("sample-10BT", "hub dataset config ('' for none)")
+    split: str = option("train", "hub dataset split")
+    text_field: str = option("text", "field holding the text (json, parquet, hub)")
+    split_lines: bool = option(
+        False, "split .txt files into documents at blank lines (default: one document per file)"
+    )
+    shard_tokens: int = option(100_000_000, "tokens per shard file")
+    val_tokens: int | None = option(
+        None,
+        "validation tokens (default: one shard, at most a tenth of --max-tokens or of a "
+        "source smaller than one shard)",
+    )
+    max_tokens: int | None = option(None, "cap on all tokens written (default: the whole source)")
+    workers: int = option(
+        default_factory=lambda: os.cpu_count() or 1, help="encoding threads (default: cores)"
+    )
+    progress: bool = option(True, "a progress bar on stderr")
+
+    def __post_init__(self) -> None:
+        if self.hf_config == "":
+            self.hf_config = None
 
     def validate(self) -> None:
         if self.shard_tokens < 1:

@@ -121,7 +121,7 @@ class DemoModel:
         source: str,
         *,
         device: str = "auto",
-        dtype: str = "float32",
+        precision: str = "fp32",
         max_new_tokens: int | None = None,
         max_input_tokens: int | None = None,
         instruct: bool = False,
@@ -141,7 +141,7 @@ class DemoModel:
         model_dir = resolve_source(source)
         if instruct and template is None:
             template = trained_template(read_config(model_dir))
-        model = load_model(model_dir, device=resolve_device(device), dtype=resolve_dtype(dtype))
+        model = load_model(model_dir, device=resolve_device(device), dtype=resolve_dtype(precision))
         limits = Limits.for_context(
             model.config.block_size,
             max_new_tokens=max_new_tokens,

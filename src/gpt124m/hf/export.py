@@ -40,22 +40,21 @@ from gpt124m.checkpoint import (
 from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
 from gpt124m.hf.card import CardInfo, render_card
 from gpt124m.hf.gpt2 import CONV1D_SUFFIXES
+from gpt124m.hf.layout import (  # noqa: F401  (re-exported: the export's names)
+    ARCHITECTURE,
+    AUTO_MAP,
+    DEFAULT_REPO_ID,
+    FORMATS,
+    MODEL_TYPE,
+    NETWORK_FILE,
+    REMOTE_FILES,
+)
 from gpt124m.loading import load_model, resolve_source
 from gpt124m.model import GPT
 from gpt124m.tokenizer import EOT, EOT_ID, get_tokenizer
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("remote-code", "gpt2")
-DEFAULT_REPO_ID = "USER/NAME"
-REMOTE_FILES = ("configuration_gpt124m.py", "modeling_gpt124m.py")
-NETWORK_FILE = "gpt124m_network.py"  # gpt124m/model.py, verbatim: the adapter's network
-MODEL_TYPE = "gpt124m"
-ARCHITECTURE = "GPT124MForCausalLM"
-AUTO_MAP = {
-    "AutoConfig": "configuration_gpt124m.GPT124MConfig",
-    "AutoModelForCausalLM": "modeling_gpt124m.GPT124MForCausalLM",
-}
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which gpt124m.model uses
 # Run artefacts the trainer leaves in a model directory; the card links the images.
 ARTEFACTS = ("summary.json", "curves.png", "hellaswag.png")

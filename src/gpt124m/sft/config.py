@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
+from gpt124m.flags import option
 from gpt124m.sft.template import TEMPLATES
 from gpt124m.train import config as train_config
 from gpt124m.train.config import (
@@ -46,75 +47,100 @@ RECIPE_PACKAGE = "gpt124m.sft"
 class SFTConfig(TrainConfig):
     """An instruction-tuning run. Defaults reproduce the seed's full fine-tuning on Alpaca."""
 
-    base: str = ""
-    data: str = "alpaca"
-    method: str = "full"
-    template: str = "seed"
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    pad_to: str = "block"
-    epochs: float = 3.0
-    batch_size: int = 8
-    warmup_fraction: float = 0.01
+    base: str = option(
+        "",
+        (
+            "the model to tune: a model directory, GPT-2 directory, hub id, or a preset name "
+            "(random init)"
+        ),
+    )
+    data: str = option(
+        "alpaca",
+        (
+            "alpaca (tatsu-lab/alpaca from the Hub) or a local JSON/JSONL file of "
+            "instruction/input/output records"
+        ),
+    )
+    method: str = option("full", "full (every weight) or lora (adapters; peft)", choices=METHODS)
+    template: str = option("seed", "prompt template", choices=TEMPLATES)
+    val_fraction: float = option(0.1, "share of the examples held out for validation")
+    split_seed: int = option(0, "seed of the train/validation split")
+    pad_to: str = option(
+        "block",
+        "batch length: block (the block size) or longest (the longest example)",
+        choices=PAD_TO,
+    )
+    epochs: float = option(
+        3.0,
+        "passes over the training examples (sets --max-steps when that is not given)",
+    )
+    batch_size: int = option(8, "examples per optimizer step, over all ranks and micro-steps")
+    warmup_fraction: float = option(
+        0.01,
+        "warmup as a share of the steps, when --warmup-steps is not given",
+    )
 
-    lora_r: int = 8
-    lora_alpha: int = 8
-    lora_dropout: float = 0.05
-    lora_targets: str = "default"
-    merge: bool = True
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(8, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = option(0.05, "dropout on the LoRA input")
+    lora_targets: str = option(
+        "default",
+        (
+            "default (c_attn, attn c_proj, c_fc, mlp c_proj), all-linear, or comma-separated module"
+            " names"
+        ),
+    )
+    merge: bool = option(True, "LoRA: also write a merged, standalone model")
 
     # inherited fields with SFT defaults (None: resolved from the model, the data or the method)
     model: str = ""
     data_dir: str = ""
-    out_dir: str = "runs/sft"
-    seq_len: int | None = None
-    micro_batch_size: int | str | None = None
-    max_steps: int | None = None
-    warmup_steps: int | None = None
-    max_lr: float | None = None
+    out_dir: str = option(
+        "runs/sft", "where metrics, checkpoints and the tuned model go", aliases=("--out",)
+    )
+    seq_len: int | None = option(
+        None,
+        "block size; longer examples are dropped (default: the model's)",
+    )
+    micro_batch_size: int | str | None = option(
+        None,
+        (
+            "examples per rank and forward pass (default: the whole batch), or auto: the largest "
+            "that divides the batch and fits in CUDA memory (on CPU/MPS: of at most 8,192 tokens); "
+            "the batch per step stays --batch-size either way"
+        ),
+    )
+    max_steps: int | None = option(
+        None,
+        "optimizer steps (default: epochs x training examples / batch size)",
+    )
+    warmup_steps: int | None = option(
+        None,
+        "steps of linear warmup (default: from --warmup-fraction)",
+    )
+    max_lr: float | None = option(None, "peak learning rate (default: 5e-5 full, 3e-4 LoRA)")
     min_lr: float = 0.0
-    weight_decay: float | None = None
+    weight_decay: float | None = option(
+        None,
+        "AdamW weight decay on >= 2-D tensors (default: 0.1 full, 0 LoRA)",
+    )
     precision: str = "fp32"
     eval_every: int = 500
-    val_tokens: int | None = None
+    val_tokens: int | None = option(
+        None,
+        (
+            "tokens per evaluation over all ranks, counted padded to the block (default: 1,048,576,"
+            " less on a short run: all evaluations together read at most a third as many tokens as "
+            "training)"
+        ),
+    )
     sample_every: int = 1000
-    sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_INSTRUCTIONS))
+    sample_prompts: list[str] = option(
+        default_factory=lambda: list(DEFAULT_INSTRUCTIONS),
+        help="instructions answered in the periodic samples",
+    )
     sample_max_new_tokens: int = 64
     checkpoint_every: int = 1000
-
-    FLAG_HELP: ClassVar[dict[str, str]] = {
-        "base": "the model to tune: a model directory, GPT-2 directory, hub id, or a preset "
-        "name (random init)",
-        "data": "alpaca (tatsu-lab/alpaca from the Hub) or a local JSON/JSONL file of "
-        "instruction/input/output records",
-        "method": "full (every weight) or lora (adapters; peft)",
-        "template": "prompt template: seed or alpaca",
-        "val_fraction": "share of the examples held out for validation",
-        "split_seed": "seed of the train/validation split",
-        "pad_to": "batch length: block (the block size) or longest (the longest example)",
-        "epochs": "passes over the training examples (sets --max-steps when that is not given)",
-        "batch_size": "examples per optimizer step, over all ranks and micro-steps",
-        "warmup_fraction": "warmup as a share of the steps, when --warmup-steps is not given",
-        "lora_r": "LoRA rank",
-        "lora_alpha": "LoRA alpha (the update is scaled by alpha / r)",
-        "lora_dropout": "dropout on the LoRA input",
-        "lora_targets": "default (c_attn, attn c_proj, c_fc, mlp c_proj), all-linear, or "
-        "comma-separated module names",
-        "merge": "LoRA: also write a merged, standalone model",
-        "out_dir": "where metrics, checkpoints and the tuned model go",
-        "seq_len": "block size; longer examples are dropped (default: the model's)",
-        "micro_batch_size": "examples per rank and forward pass (default: the whole batch), or "
-        "auto: the largest that divides the batch and fits in CUDA memory (on CPU/MPS: of at "
-        "most 8,192 tokens); the batch per step stays --batch-size either way",
-        "max_steps": "optimizer steps (default: epochs x training examples / batch size)",
-        "warmup_steps": "steps of linear warmup (default: from --warmup-fraction)",
-        "max_lr": "peak learning rate (default: 5e-5 full, 3e-4 LoRA)",
-        "weight_decay": "AdamW weight decay on >= 2-D tensors (default: 0.1 full, 0 LoRA)",
-        "val_tokens": "tokens per evaluation over all ranks, counted padded to the block "
-        "(default: 1,048,576, less on a short run: all evaluations together read at most a "
-        "third as many tokens as training)",
-        "sample_prompts": "instructions answered in the periodic samples",
-    }
 
     def __post_init__(self) -> None:
         defaults = METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["full"])

@@ -1,7 +1,8 @@
 """Training configuration: one dataclass, recipes as YAML data, every field overridable from the CLI.
 
-The CLI flags are generated from the dataclass fields (`--micro-batch-size` for `micro_batch_size`),
-so the flags, the recipes and the library cannot drift apart.
+Each field carries its flag's help and choices (`gpt124m.flags.option`), and the CLI flags are
+generated from the fields (`--micro-batch-size` for `micro_batch_size`), so the flags, the
+recipes and the library cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ import dataclasses
 import importlib.resources
 import logging
 import os
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 
+from gpt124m.flags import PRECISIONS, TORCHRUN_DEVICE_HELP, add_arguments, given, option
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "wsd", "constant")
 PARALLEL = ("ddp", "fsdp")
 AUTO = "auto"
@@ -33,117 +33,137 @@ class TrainConfig:
     """Everything a pretraining run needs. Defaults describe a small CPU-friendly run."""
 
     # model and data
-    model: str = "nano"
-    data_dir: str = "data/builtin"
-    out_dir: str = "runs/train"
-    seq_len: int = 256
-    micro_batch_size: int | str = 8
-    total_batch_tokens: int = 8 * 256
-    max_steps: int = 100
-    seed: int = 1337
-    dropout: float = 0.0
+    model: str = option(
+        "nano",
+        "a preset name (see `gpt124m info`), or a model directory to continue from",
+    )
+    data_dir: str = option("data/builtin", "folder of token shards written by `gpt124m prepare`")
+    out_dir: str = option("runs/train", "where metrics, curves, checkpoints and the final model go")
+    seq_len: int = option(256, "tokens per sequence (T)")
+    micro_batch_size: int | str = option(
+        8,
+        (
+            "sequences per rank and forward pass (B), or auto: the largest that divides the step's "
+            "sequences and trains without running out of CUDA memory (found by trial steps; on "
+            "CPU/MPS the largest of at most 8,192 tokens). Tokens per step stay "
+            "--total-batch-tokens either way"
+        ),
+    )
+    total_batch_tokens: int = option(
+        8 * 256,
+        (
+            "tokens per optimizer step over all ranks and micro-steps; gradient accumulation = this"
+            " / (B x T x world size)"
+        ),
+    )
+    max_steps: int = option(100, "optimizer steps in the run")
+    seed: int = option(1337, "seeds the model init, the data order and the samples")
+    dropout: float = option(0.0, "dropout probability in the model")
 
     # optimizer and schedule
-    optimizer: str = "adamw"
-    max_lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 10
-    schedule: str = "cosine"
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    muon_lr: float = 0.02
-    muon_momentum: float = 0.95
-    muon_weight_decay: float = 0.0
+    optimizer: str = option(
+        "adamw",
+        (
+            "adamw, or muon: Muon (torch.optim.Muon) on the 2-D weights inside the blocks, AdamW "
+            "(--max-lr, --weight-decay, betas) on embeddings, LayerNorms and biases"
+        ),
+        choices=OPTIMIZERS,
+    )
+    max_lr: float = option(6e-4, "peak learning rate, reached after the warmup")
+    min_lr: float = option(6e-5, "learning rate at the end of the decay")
+    warmup_steps: int = option(10, "steps of linear warmup from 0 to --max-lr")
+    schedule: str = option(
+        "cosine", "after warmup: cosine | wsd (warmup-stable-decay) | constant", choices=SCHEDULES
+    )
+    decay_fraction: float = option(0.2, "wsd: share of the steps spent decaying at the end")
+    weight_decay: float = option(
+        0.1,
+        "AdamW decoupled weight decay, on tensors with >= 2 dimensions only",
+    )
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    eps: float = option(1e-8, "AdamW epsilon")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (inf: never clip)")
+    muon_lr: float = option(
+        0.02,
+        (
+            "--optimizer muon: peak LR of the Muon matrices; the schedule scales it like --max-lr "
+            "(warmup, then decay to muon_lr x min_lr / max_lr)"
+        ),
+    )
+    muon_momentum: float = option(0.95, "--optimizer muon: Muon's (Nesterov) momentum")
+    muon_weight_decay: float = option(
+        0.0,
+        (
+            "--optimizer muon: decoupled weight decay of the Muon matrices (per step they shrink by"
+            " LR x this)"
+        ),
+    )
 
     # execution
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    parallel: str = "ddp"
+    device: str = option("auto", TORCHRUN_DEVICE_HELP)
+    precision: str = option(
+        "auto",
+        (
+            "auto (bf16 where the device runs it natively, else fp32), fp32, bf16 or fp16 (with a "
+            "gradient scaler)"
+        ),
+        choices=PRECISIONS,
+    )
+    compile: bool = option(
+        False,
+        "run the training step through torch.compile (eval and sampling stay eager)",
+    )
+    parallel: str = option(
+        "ddp",
+        "under torchrun: ddp, or fsdp (FSDP2 fully_shard) for models that do not fit one device",
+        choices=PARALLEL,
+    )
 
     # periodic work (0 disables)
-    log_every: int = 1
-    eval_every: int = 250
-    val_tokens: int = 16_384
-    sample_every: int = 1000
-    sample_prompts: list[str] = field(
-        default_factory=lambda: ["Hello, I'm a language model,", "The meaning of life is"]
+    log_every: int = option(1, "a console line and a metrics.jsonl record every N steps")
+    eval_every: int = option(250, "validation loss every N steps (0: never)")
+    val_tokens: int = option(
+        16_384,
+        "tokens of the validation shard per evaluation, over all ranks",
     )
-    sample_max_new_tokens: int = 32
-    hellaswag_every: int = 0
-    hellaswag_limit: int | None = None
-    hellaswag_data: str | None = None
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    resume: str = "none"
+    sample_every: int = option(1000, "text samples from --sample-prompts every N steps (0: never)")
+    sample_prompts: list[str] = option(
+        default_factory=lambda: ["Hello, I'm a language model,", "The meaning of life is"],
+        help="prompts for the periodic samples",
+    )
+    sample_max_new_tokens: int = option(32, "tokens generated per sample")
+    hellaswag_every: int = option(0, "HellaSwag accuracy every N steps (0: never)")
+    hellaswag_limit: int | None = option(
+        None,
+        "score only the first N HellaSwag items (default: all 10,042)",
+    )
+    hellaswag_data: str | None = option(
+        None,
+        "a local HellaSwag validation file (default: Rowan/hellaswag from the Hub)",
+    )
+    checkpoint_every: int = option(1000, "a checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = option(3, "how many of the newest checkpoints to keep")
+    resume: str = option(
+        "none",
+        "none, auto (the newest good checkpoint in --out-dir) or a checkpoint directory",
+    )
 
     # reporting
-    tensorboard: bool = False
-    wandb_project: str | None = None
-    peak_flops: float | None = None
-    power_watts: float | None = None
-    grid_gco2_per_kwh: float = 288.0
-
-    FLAG_HELP: ClassVar[dict[str, str]] = {
-        "model": "a preset name (see `gpt124m info`), or a model directory to continue from",
-        "data_dir": "folder of token shards written by `gpt124m prepare`",
-        "out_dir": "where metrics, curves, checkpoints and the final model go",
-        "seq_len": "tokens per sequence (T)",
-        "micro_batch_size": "sequences per rank and forward pass (B), or auto: the largest that "
-        "divides the step's sequences and trains without running out of CUDA memory (found by "
-        "trial steps; on CPU/MPS the largest of at most 8,192 tokens). Tokens per step stay "
-        "--total-batch-tokens either way",
-        "total_batch_tokens": "tokens per optimizer step over all ranks and micro-steps; "
-        "gradient accumulation = this / (B x T x world size)",
-        "max_steps": "optimizer steps in the run",
-        "seed": "seeds the model init, the data order and the samples",
-        "dropout": "dropout probability in the model",
-        "optimizer": "adamw, or muon: Muon (torch.optim.Muon) on the 2-D weights inside the "
-        "blocks, AdamW (--max-lr, --weight-decay, betas) on embeddings, LayerNorms and biases",
-        "max_lr": "peak learning rate, reached after the warmup",
-        "min_lr": "learning rate at the end of the decay",
-        "warmup_steps": "steps of linear warmup from 0 to --max-lr",
-        "schedule": "after warmup: cosine | wsd (warmup-stable-decay) | constant",
-        "decay_fraction": "wsd: share of the steps spent decaying at the end",
-        "weight_decay": "AdamW decoupled weight decay, on tensors with >= 2 dimensions only",
-        "beta1": "AdamW beta1",
-        "beta2": "AdamW beta2",
-        "eps": "AdamW epsilon",
-        "grad_clip": "clip the global gradient norm to this (inf: never clip)",
-        "muon_lr": "--optimizer muon: peak LR of the Muon matrices; the schedule scales it like "
-        "--max-lr (warmup, then decay to muon_lr x min_lr / max_lr)",
-        "muon_momentum": "--optimizer muon: Muon's (Nesterov) momentum",
-        "muon_weight_decay": "--optimizer muon: decoupled weight decay of the Muon matrices "
-        "(per step they shrink by LR x this)",
-        "device": "auto, cpu, cuda or mps; under torchrun each rank takes cuda:LOCAL_RANK",
-        "precision": "auto (bf16 where the device runs it natively, else fp32), fp32, bf16 or "
-        "fp16 (with a gradient scaler)",
-        "compile": "run the training step through torch.compile (eval and sampling stay eager)",
-        "parallel": "under torchrun: ddp, or fsdp (FSDP2 fully_shard) for models that do not "
-        "fit one device",
-        "log_every": "a console line and a metrics.jsonl record every N steps",
-        "eval_every": "validation loss every N steps (0: never)",
-        "val_tokens": "tokens of the validation shard per evaluation, over all ranks",
-        "sample_every": "text samples from --sample-prompts every N steps (0: never)",
-        "sample_prompts": "prompts for the periodic samples",
-        "sample_max_new_tokens": "tokens generated per sample",
-        "hellaswag_every": "HellaSwag accuracy every N steps (0: never)",
-        "hellaswag_limit": "score only the first N HellaSwag items (default: all 10,042)",
-        "hellaswag_data": "a local HellaSwag validation file (default: Rowan/hellaswag from the Hub)",
-        "checkpoint_every": "a checkpoint every N steps (0: only at the end)",
-        "keep_checkpoints": "how many of the newest checkpoints to keep",
-        "resume": "none, auto (the newest good checkpoint in --out-dir) or a checkpoint directory",
-        "tensorboard": "also write TensorBoard scalars to OUT_DIR/tensorboard",
-        "wandb_project": "also log to this Weights & Biases project",
-        "peak_flops": "peak FLOP/s per device for MFU (default: the known GPU's, or a measured "
-        "matmul peak on CPU)",
-        "power_watts": "power per device for the energy estimate (default: by device type)",
-        "grid_gco2_per_kwh": "grid carbon intensity for the CO2 estimate",
-    }
+    tensorboard: bool = option(False, "also write TensorBoard scalars to OUT_DIR/tensorboard")
+    wandb_project: str | None = option(None, "also log to this Weights & Biases project")
+    peak_flops: float | None = option(
+        None,
+        (
+            "peak FLOP/s per device for MFU (default: the known GPU's, or a measured matmul peak on"
+            " CPU)"
+        ),
+    )
+    power_watts: float | None = option(
+        None,
+        "power per device for the energy estimate (default: by device type)",
+    )
+    grid_gco2_per_kwh: float = option(288.0, "grid carbon intensity for the CO2 estimate")
 
     def validate(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -279,56 +299,11 @@ def load_recipe(
     return data
 
 
-def _int_or_word(text: str) -> int | str:
-    """A flag that takes a number or a word (`--micro-batch-size auto`); validate() checks it."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
-
-
-def _flag_type(tp: Any):
-    """The argparse `type` for a dataclass field annotation (Optional unwrapped)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if {int, str} <= set(args):
-            return _int_or_word
-        return _flag_type(args[0])
-    return tp
-
-
-def flag_help(config_cls) -> dict[str, str]:
-    """Each field's help text; a subclass's `FLAG_HELP` overrides its parents'."""
-    helps: dict[str, str] = {}
-    for klass in reversed(config_cls.__mro__):
-        helps.update(vars(klass).get("FLAG_HELP", {}))
-    return helps
-
-
 def add_config_arguments(
     parser: argparse.ArgumentParser, config_cls=TrainConfig, *, exclude: tuple[str, ...] = ()
 ) -> None:
     """One `--flag` per dataclass field; unset flags stay None so recipes keep their values."""
-    hints = typing.get_type_hints(config_cls)
-    helps = flag_help(config_cls)
-    for f in dataclasses.fields(config_cls):
-        if f.name in exclude:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        tp = _flag_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = helps[f.name]
-        if "default:" not in help_text:
-            help_text += f" (default: {default!r})"
-        if tp is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        elif typing.get_origin(tp) is list:
-            parser.add_argument(flag, nargs="+", default=None, help=help_text)
-        else:
-            parser.add_argument(flag, type=tp, default=None, help=help_text)
+    add_arguments(parser, config_cls, exclude=exclude)
 
 
 def config_from_args(
@@ -343,10 +318,7 @@ def config_from_args(
     values: dict[str, Any] = (
         load_recipe(recipe, config_cls, package=package, exclude=exclude) if recipe else {}
     )
-    for f in dataclasses.fields(config_cls):
-        value = getattr(args, f.name, None)
-        if value is not None and f.name not in exclude:
-            values[f.name] = value
+    values.update(given(args, config_cls, exclude=exclude))
     config = config_cls(**values)
     config.validate()
     return config
