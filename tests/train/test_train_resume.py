@@ -135,9 +135,11 @@ def run_and_kill_after_step(argv, nproc, step, pid_dir, deadline_s=240):
     assert len(list(pid_dir.iterdir())) == nproc
 
 
+# AdamW's state on one process, DDP's two ranks (with Muon, whose state is the larger), and
+# FSDP2's sharded AdamW: each resume path once, which keeps the suite in its time budget.
 @pytest.mark.parametrize(
     "nproc, parallel, optimizer",
-    [(1, "ddp", "adamw"), (2, "ddp", "adamw"), (2, "fsdp", "adamw"), (2, "ddp", "muon")],
+    [(1, "ddp", "adamw"), (2, "fsdp", "adamw"), (2, "ddp", "muon")],
 )
 def test_sigkill_then_resume_is_bit_exact(tmp_path, data_dir, nproc, parallel, optimizer):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
