@@ -12,7 +12,8 @@ reference's.
     python bench/parity.py [--text PATH] [--steps 600] [--seeds 1337] [--src DIR]
 
 `--src DIR` runs the trainer from another source tree (e.g. an older checkout) for a
-before/after comparison. Skips (exit 0) when the text file is absent.
+before/after comparison. `--work DIR` keeps every run; a finished one there is read back, so
+seeds can run in parallel processes and be summarised together afterwards. Skips (exit 0) when the text file is absent.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from _shakespeare import DEFAULT_TEXT, prepare_shakespeare
 
@@ -71,9 +73,15 @@ def window_loss(model: torch.nn.Module, tokens: np.ndarray) -> float:
 
 
 def train_reference(
-    train: np.ndarray, val: np.ndarray, steps: int, seed: int, every: int
+    train: np.ndarray, val: np.ndarray, steps: int, seed: int, every: int, out: Path
 ) -> tuple[GPT, dict[int, float]]:
-    """nanoGPT-style: each sequence from a random offset; AdamW, warmup + cosine, clipping."""
+    """nanoGPT-style: each sequence from a random offset; AdamW, warmup + cosine, clipping.
+    The final weights and curve go to `out`; a finished run there is read back."""
+    weights, curve_file = out / "model.safetensors", out / "curve.json"
+    if weights.is_file() and curve_file.is_file():
+        model = GPT(get_preset(MODEL))
+        safetensors.torch.load_model(model, weights)
+        return model, {int(k): v for k, v in json.loads(curve_file.read_text()).items()}
     torch.manual_seed(seed)
     model = GPT(get_preset(MODEL))
     matrices = [p for p in model.parameters() if p.dim() >= 2]
@@ -100,11 +108,15 @@ def train_reference(
         optimizer.step()
         if (step + 1) % every == 0 or step + 1 == steps:
             curve[step + 1] = window_loss(model, val)
+    out.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_model(model, weights)
+    curve_file.write_text(json.dumps(curve))
     return model, curve
 
 
 def train_ours(data: Path, out: Path, steps: int, seed: int, every: int, val_tokens: int, src):
-    """`gpt124m train` with the recipe as flags, in a fresh process, as a user would run it."""
+    """`gpt124m train` with the recipe as flags, in a fresh process, as a user would run it.
+    A finished run in `out` is read back."""
     flags = {
         "model": MODEL,
         "data-dir": data,
@@ -135,7 +147,8 @@ def train_ours(data: Path, out: Path, steps: int, seed: int, every: int, val_tok
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = str(Path(src).resolve())
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    if not (out / "model" / "model.safetensors").is_file():
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     curve = {r["step"]: r["loss"] for r in records if r["kind"] == "val"}
     return load_model(out / "model"), curve
@@ -149,7 +162,11 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=100, help="validation every N steps")
     parser.add_argument("--src", help="run the trainer from this source tree (its src/ folder)")
     parser.add_argument("--no-reference", action="store_true", help="train only gpt124m")
-    parser.add_argument("--work", type=Path, help="keep the data and runs here (default: temp)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="keep the data and runs here, reusing finished runs (default: temp)",
+    )
     args = parser.parse_args()
     if not args.text.is_file():
         print(f"skipped: {args.text} not found (pass --text PATH to tiny Shakespeare)")
@@ -170,7 +187,9 @@ def main() -> int:
         if args.no_reference:
             ref, ref_curve = ours, {}
         else:
-            ref, ref_curve = train_reference(train, val, args.steps, seed, args.every)
+            ref, ref_curve = train_reference(
+                train, val, args.steps, seed, args.every, work / f"reference-{seed}"
+            )
         t2 = time.perf_counter()
         print(f"seed {seed}: gpt124m train {t1 - t0:.0f} s, reference {t2 - t1:.0f} s")
         print(f"{'step':>6} {'gpt124m train':>14} {'reference':>10}")

@@ -11,7 +11,7 @@ second seed. Prints the sweep, both
 validation curves, and the tokens the Muon recipe needs to reach the seed recipe's final
 validation loss (mean of the seeds' curves, interpolated between evaluations); plots the curves.
 
-    python bench/recipe.py [--steps 300] [--adamw-lrs 5e-4 1e-3 2e-3 4e-3] [--muon-lrs 0.01 0.02 0.04]
+    python bench/recipe.py [--steps 300] [--adamw-lrs 5e-4 1e-3 2e-3 4e-3] [--muon-lrs 0.005 0.01 0.02 0.04]
                            [--muon-adamw-lrs 1e-3 1e-2] [--work DIR]
 
 `--work DIR` keeps the prepared data and every run; a finished run there is read back, not
@@ -128,7 +128,7 @@ def main() -> int:
     parser.add_argument("--text", type=Path, default=DEFAULT_TEXT)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--adamw-lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3, 4e-3])
-    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[0.01, 0.02, 0.04])
+    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.04])
     parser.add_argument(
         "--muon-adamw-lrs",
         type=float,
