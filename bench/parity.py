@@ -192,7 +192,8 @@ def main() -> int:
             )
         t2 = time.perf_counter()
         print(f"seed {seed}: gpt124m train {t1 - t0:.0f} s, reference {t2 - t1:.0f} s")
-        print(f"{'step':>6} {'gpt124m train':>14} {'reference':>10}")
+        print(f"{'step':>6} {'gpt124m train':>14} {'reference':>10}  (the trainer's own evaluation")
+        print(f"{'':>6} {'':>14} {'':>10}   reads the first {val_tokens // SEQ} windows)")
         for step in sorted(set(our_curve) | set(ref_curve)):
             a, b = our_curve.get(step, float("nan")), ref_curve.get(step, float("nan"))
             print(f"{step:>6} {a:>14.4f} {b:>10.4f}")

@@ -8,7 +8,7 @@ step come from all over the data and an epoch neither repeats the last one's ord
 points. (Reading one contiguous span of `B*T` tokens per step, as earlier versions did, fills a
 step with neighbouring windows of one passage, so its gradient speaks for one scene, and replays
 the same windows in the same order on a corpus smaller than the run: on tiny Shakespeare it ended
-0.28 nats of validation loss behind, `bench/parity.py`.)
+~0.3 nats of validation loss behind, `bench/parity.py`.)
 
 The permutation is computed per index (a keyed Feistel network), never materialised, so a
 10B-token corpus costs no memory. Every rank walks the same global position and takes its own `B`
