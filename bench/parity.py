@@ -12,13 +12,15 @@ reference's.
     python bench/parity.py [--text PATH] [--steps 600] [--seeds 1337] [--src DIR]
 
 `--src DIR` runs the trainer from another source tree (e.g. an older checkout) for a
-before/after comparison. `--work DIR` keeps every run; a finished one there is read back, so
-seeds can run in parallel processes and be summarised together afterwards. Skips (exit 0) when the text file is absent.
+before/after comparison. `--work DIR` keeps every run, named by its step count, seed and trainer
+source; a finished one there is read back, so seeds can run in parallel processes and be
+summarised together afterwards. Skips (exit 0) when the text file is absent.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -177,18 +179,23 @@ def main() -> int:
     val_tokens = (len(val) - 1) // (BATCH * SEQ) * BATCH * SEQ  # all of it, in whole batches
     print(f"tiny Shakespeare: {len(train):,} train / {len(val):,} val tokens; {args.steps} steps")
     print(f"of {BATCH}x{SEQ} tokens = {args.steps * BATCH * SEQ / len(train):.1f} epochs\n")
+    # A run from another source tree never stands in for this one's (or the reverse).
+    ours_name = "ours"
+    if args.src:
+        ours_name += "-src" + hashlib.sha256(str(Path(args.src).resolve()).encode()).hexdigest()[:8]
     finals = []
     for seed in args.seeds:
         t0 = time.perf_counter()
+        ours_dir = work / f"{ours_name}-{args.steps}-s{seed}"
         ours, our_curve = train_ours(
-            data, work / f"ours-{seed}", args.steps, seed, args.every, val_tokens, args.src
+            data, ours_dir, args.steps, seed, args.every, val_tokens, args.src
         )
         t1 = time.perf_counter()
         if args.no_reference:
             ref, ref_curve = ours, {}
         else:
             ref, ref_curve = train_reference(
-                train, val, args.steps, seed, args.every, work / f"reference-{seed}"
+                train, val, args.steps, seed, args.every, work / f"reference-{args.steps}-s{seed}"
             )
         t2 = time.perf_counter()
         print(f"seed {seed}: gpt124m train {t1 - t0:.0f} s, reference {t2 - t1:.0f} s")

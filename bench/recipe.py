@@ -11,8 +11,9 @@ second seed. Prints the sweep, both
 validation curves, and the tokens the Muon recipe needs to reach the seed recipe's final
 validation loss (mean of the seeds' curves, interpolated between evaluations); plots the curves.
 
-    python bench/recipe.py [--steps 300] [--adamw-lrs 5e-4 1e-3 2e-3 4e-3] [--muon-lrs 0.005 0.01 0.02 0.04]
-                           [--muon-adamw-lrs 1e-3 1e-2] [--work DIR]
+    python bench/recipe.py [--steps 300] [--adamw-lrs 5e-4 1e-3 2e-3 4e-3]
+                           [--muon-lrs 0.005 0.01 0.02 0.04] [--muon-adamw-lrs 1e-3 1e-2]
+                           [--work DIR]
 
 `--work DIR` keeps the prepared data and every run; a finished run there is read back, not
 trained again, so a wider sweep only trains what is new.
