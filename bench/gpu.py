@@ -12,9 +12,11 @@ runs; each has a time budget, and the whole run a deadline, --budget):
                   continues the curve
 3. torchrun       `torchrun --nproc_per_node 1` (NCCL) under DDP and FSDP2, against one process
 4. card_24gb      the process capped at a 24 GB card: the micro-batch auto picks, tokens/s there
-5. hellaswag      scoring items/s under both conventions, projected to all 10,042 items
-6. decode         greedy decode tokens/s at batch 1, 8, 64 against transformers' `generate`
-7. throughput     `gpt2`, T=1024, B=32, bf16: tokens/s, MFU (datasheet and measured matmul peak)
+5. loss           the training loss on 32 x 1024 bf16 logits: memory and time of gpt124m's
+                  blockwise cross-entropy against F.cross_entropy on an fp32 copy
+6. hellaswag      scoring items/s under both conventions, projected to all 10,042 items
+7. decode         greedy decode tokens/s at batch 1, 8, 64 against transformers' `generate`
+8. throughput     `gpt2`, T=1024, B=32, bf16: tokens/s, MFU (datasheet and measured matmul peak)
                   and peak memory, eager and compiled, ours and transformers' GPT2LMHeadModel,
                   the trainer's own loop (`fit`, compiled), and whether flash attention runs
 
@@ -48,6 +50,7 @@ SECTIONS = {  # name: (module, function, budget in seconds on the GPU)
     "correct_text": ("gpu_correct", "correct_text", 100),
     "torchrun": ("gpu_correct", "torchrun", 90),
     "card_24gb": ("gpu_speed", "card_24gb", 60),
+    "loss": ("loss", "section", 30),
     "hellaswag": ("gpu_infer", "hellaswag", 45),
     "decode": ("gpu_infer", "decode", 60),
     "throughput": ("gpu_speed", "throughput", 200),  # last: it takes what time is left

@@ -27,8 +27,8 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
     code, report, output = smoke(tmp_path / "out")
     sections = report["sections"]
     assert {n: r["status"] for n, r in sections.items()} == dict.fromkeys(
-        ["correct_tiny", "correct_text", "torchrun", "card_24gb", "hellaswag", "decode",
-         "throughput"], "ok"
+        ["correct_tiny", "correct_text", "torchrun", "card_24gb", "loss", "hellaswag",
+         "decode", "throughput"], "ok"
     ), output  # fmt: skip
     assert code == 0, output
     meta = report["meta"]
@@ -49,6 +49,10 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
         assert row["max |loss diff| vs one process"] <= 1e-6
     # auto on the trial path: the whole 8-sequence batch fits on CPU
     assert sections["card_24gb"]["results"]["tables"]["auto trials"][0]["micro-batch"] == 8
+    # the blockwise loss keeps far less for backward than an fp32 copy of the logits
+    copy, blockwise = table("loss", "loss on 2 x 64")
+    assert copy["loss"].startswith("F.cross_entropy") and blockwise["loss"].startswith("gpt124m")
+    assert blockwise["kept for backward MiB"] < copy["kept for backward MiB"] / 10
     assert [r["batch"] for r in table("decode", "greedy decode")] == [1, 8, 64]
     rows = table("throughput", "training step")
     assert [r["implementation"] for r in rows] == [
