@@ -50,6 +50,26 @@ def test_value_and_gradient_equal_torch_cross_entropy(block_rows, dtype):
     assert not our_grad[targets == IGNORE_INDEX].any(), "ignored rows must get no gradient"
 
 
+def test_sum_reduction_equals_torch_sum_and_all_ignored_sums_to_zero():
+    """The sum is what transformers' Trainer divides by its own token count under accumulation."""
+    logits, targets = _case(dtype=torch.bfloat16)
+
+    def ours_sum(x, t, vocab):
+        return cross_entropy(x, t, vocab, block_rows=8, reduction="sum")
+
+    def torch_sum(x, t, vocab):
+        return F.cross_entropy(x[:, :vocab].float(), t, ignore_index=IGNORE_INDEX, reduction="sum")
+
+    ours, our_grad = _value_and_grad(ours_sum, logits, targets, 50)
+    ref, ref_grad = _value_and_grad(torch_sum, logits, targets, 50)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(our_grad, ref_grad, rtol=8e-3, atol=1e-5)
+    none, _ = _case(ignored=1.1)
+    assert cross_entropy(none, _case(ignored=1.1)[1], reduction="sum") == 0
+    with pytest.raises(ValueError, match="reduction"):
+        cross_entropy(logits, targets, reduction="none")
+
+
 def test_every_target_ignored_is_nan_like_torch():
     logits, targets = _case(ignored=1.1)
     assert torch.isnan(cross_entropy(logits, targets)) and torch.isnan(

@@ -150,10 +150,15 @@ class GPT(nn.Module):
 
 
 def cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, vocab: int | None = None, block_rows: int = 2048
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    vocab: int | None = None,
+    block_rows: int = 2048,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy of `logits` [N, V] over the targets that are not IGNORE_INDEX,
-    counting only the first `vocab` columns (default: all); nan when every target is ignored.
+    """Mean (or, with reduction="sum", total) next-token cross-entropy of `logits` [N, V] over the
+    targets that are not IGNORE_INDEX, counting only the first `vocab` columns (default: all); the
+    mean is nan when every target is ignored.
 
     Equal to `F.cross_entropy(logits[:, :vocab].float(), targets, ignore_index=IGNORE_INDEX)`,
     without its memory: that makes an fp32 copy of the logits, keeps fp32 log-probabilities for
@@ -162,8 +167,10 @@ def cross_entropy(
     logits (in their own dtype) are kept, and the gradient comes back in that dtype. `block_rows`
     bounds the temporaries (2048 rows: 400 MB in fp32 at GPT-2's vocabulary).
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
     vocab = logits.size(-1) if vocab is None else vocab
-    return _CrossEntropy.apply(logits, targets, vocab, block_rows)
+    return _CrossEntropy.apply(logits, targets, vocab, block_rows, reduction == "mean")
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -171,7 +178,9 @@ class _CrossEntropy(torch.autograd.Function):
     costs the same memory traffic as reading saved fp32 log-probabilities would."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, vocab: int, rows: int):
+    def forward(
+        ctx, logits: torch.Tensor, targets: torch.Tensor, vocab: int, rows: int, mean: bool
+    ):
         per_row = torch.cat(
             [
                 F.cross_entropy(
@@ -181,7 +190,7 @@ class _CrossEntropy(torch.autograd.Function):
             ]
         )
         valid = targets != IGNORE_INDEX
-        count = valid.sum()
+        count = valid.sum() if mean else torch.ones((), device=logits.device, dtype=torch.long)
         ctx.save_for_backward(logits, torch.where(valid, targets, 0).unsqueeze(1), valid, count)
         ctx.vocab, ctx.rows = vocab, rows
         return per_row.sum() / count  # ignored rows are 0 in `per_row`
@@ -198,7 +207,7 @@ class _CrossEntropy(torch.autograd.Function):
             probs = torch.softmax(logits[start:end, :vocab].float(), dim=-1)
             probs.scatter_add_(1, safe[start:end], probs.new_full((end - start, 1), -1.0))
             out[start:end, :vocab] = probs.mul_(scale[start:end])
-        return out, None, None, None
+        return out, None, None, None, None
 
 
 def build_trunk(config: Shape, vocab_rows: int, block_size: int) -> nn.ModuleDict:

@@ -67,6 +67,21 @@ def test_labels_give_the_shifted_next_token_loss(hf_model, native_model):
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
 
 
+def test_trainer_token_count_divides_the_summed_loss(hf_model, native_model):
+    """transformers' Trainer passes `num_items_in_batch` so accumulated micro-batches average
+    over every token of the step, not per micro-batch."""
+    ids = ids_batch(2, 16, seed=3)
+    labels = ids.clone()
+    labels[1, :7] = -100
+    with torch.no_grad():
+        loss = hf_model(input_ids=ids, labels=labels, num_items_in_batch=40).loss
+        ours, _ = native_model(ids)
+    total = torch.nn.functional.cross_entropy(
+        ours[:, :-1, :V].reshape(-1, V), labels[:, 1:].reshape(-1), reduction="sum"
+    )
+    torch.testing.assert_close(loss, total / 40, atol=1e-5, rtol=0)
+
+
 def test_training_step_through_the_masked_head_lowers_the_loss(hf_env, remote_dir):
     model = hf_env.AutoModelForCausalLM.from_pretrained(str(remote_dir), trust_remote_code=True)
     model.train()

@@ -12,14 +12,19 @@ gpt124m.
 
 import dataclasses
 
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_gpt124m import GPT124MConfig
-from .gpt124m_network import IGNORE_INDEX, build_trunk, init_weights, positions_and_mask, run_trunk
+from .gpt124m_network import (
+    build_trunk,
+    cross_entropy,
+    init_weights,
+    positions_and_mask,
+    run_trunk,
+)
 
 # transformers 5 renamed the cache field of model outputs (and the forward argument) from
 # `past_key_values` to `cache`; fill whichever this installed version has.
@@ -148,18 +153,18 @@ class GPT124MForCausalLM(GPT124MPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = _causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
+            loss = _causal_lm_loss(logits, labels, real, kwargs.get("num_items_in_batch"))
         output = CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache})
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
         return output if return_dict else output.to_tuple()
 
 
-def _causal_lm_loss(logits, labels, num_items_in_batch=None):
-    """Next-token cross-entropy; a token count from the Trainer makes accumulation exact."""
+def _causal_lm_loss(logits, labels, vocab, num_items_in_batch=None):
+    """Next-token cross-entropy (the network's, in fp32 without an fp32 copy of the logits); a
+    token count from the Trainer makes accumulation exact."""
     targets = labels[:, 1:].to(logits.device).reshape(-1)
-    flat = logits[:, :-1, :].float().reshape(-1, logits.size(-1))
+    flat = logits[:, :-1, :].reshape(-1, logits.size(-1))
     if num_items_in_batch is None:
-        return F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX)
-    total = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / num_items_in_batch
+        return cross_entropy(flat, targets, vocab)
+    return cross_entropy(flat, targets, vocab, reduction="sum") / num_items_in_batch
