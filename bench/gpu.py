@@ -13,7 +13,8 @@ runs; each has a time budget, and the whole run a deadline, --budget):
 3. torchrun       `torchrun --nproc_per_node 1` (NCCL) under DDP and FSDP2, against one process
 4. card_24gb      the process capped at a 24 GB card: the micro-batch auto picks, tokens/s there
 5. loss           the training loss on 32 x 1024 bf16 logits: memory and time of gpt124m's
-                  blockwise cross-entropy against F.cross_entropy on an fp32 copy
+                  blockwise cross-entropy against F.cross_entropy on an fp32 copy, eager, and
+                  of the latter compiled (what gpt124m's loss is under torch.compile)
 6. hellaswag      scoring items/s under both conventions, projected to all 10,042 items
 7. decode         greedy decode tokens/s at batch 1, 8, 64 against transformers' `generate`
 8. throughput     `gpt2`, T=1024, B=32, bf16: tokens/s, MFU (datasheet and measured matmul peak)
@@ -50,7 +51,7 @@ SECTIONS = {  # name: (module, function, budget in seconds on the GPU)
     "correct_text": ("gpu_correct", "correct_text", 100),
     "torchrun": ("gpu_correct", "torchrun", 90),
     "card_24gb": ("gpu_speed", "card_24gb", 60),
-    "loss": ("loss", "section", 30),
+    "loss": ("loss", "section", 45),
     "hellaswag": ("gpu_infer", "hellaswag", 45),
     "decode": ("gpu_infer", "decode", 60),
     "throughput": ("gpu_speed", "throughput", 200),  # last: it takes what time is left

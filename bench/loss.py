@@ -34,10 +34,13 @@ def blockwise_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return cross_entropy(logits, targets, GPT2_VOCAB_SIZE)
 
 
-IMPLEMENTATIONS = {
-    "F.cross_entropy on an fp32 copy": fp32_copy_loss,
-    "gpt124m cross_entropy (blockwise)": blockwise_loss,
-}
+def implementations(compile: bool) -> dict:
+    if compile:  # gpt124m's cross_entropy is F.cross_entropy under torch.compile
+        return {"F.cross_entropy on an fp32 copy + compile": torch.compile(fp32_copy_loss)}
+    return {
+        "F.cross_entropy on an fp32 copy": fp32_copy_loss,
+        "gpt124m cross_entropy (blockwise)": blockwise_loss,
+    }
 
 
 def saved_bytes(loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> int:
@@ -55,15 +58,21 @@ def saved_bytes(loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def measure(device: torch.device, batch: int, seq: int, repeats: int = 5) -> list[dict]:
+def measure(
+    device: torch.device, batch: int, seq: int, repeats: int = 5, compile: bool = False
+) -> list[dict]:
     rows = batch * seq
     g = torch.Generator(device=device).manual_seed(0)
     logits = torch.randn(rows, PADDED, device=device, generator=g).mul_(3).bfloat16()
     logits.requires_grad_(True)
     targets = torch.randint(0, GPT2_VOCAB_SIZE, (rows,), device=device, generator=g)
     results, losses = [], []
-    for name, loss_fn in IMPLEMENTATIONS.items():
+    for name, loss_fn in implementations(compile).items():
         row = {"loss": name, "tokens": rows}
+        if "compile" in name:
+            start = time.perf_counter()
+            loss_fn(logits, targets).backward()
+            row["compile s"] = time.perf_counter() - start
         row["kept for backward MiB"] = saved_bytes(loss_fn, logits, targets) / 2**20
         times = []
         for _ in range(repeats):
@@ -85,23 +94,34 @@ def measure(device: torch.device, batch: int, seq: int, repeats: int = 5) -> lis
         losses.append(loss.item())
         results.append(row)
     # the same number, or the comparison means nothing
-    assert abs(losses[0] - losses[1]) < 1e-4 * abs(losses[0]), losses
-    base = results[0]
-    for row in results:
-        row["time vs fp32 copy"] = row["fwd+bwd ms"] / base["fwd+bwd ms"]
+    assert all(abs(loss - losses[0]) < 1e-4 * abs(losses[0]) for loss in losses), losses
     return results
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    for row in rows:
+        row["time vs fp32 copy"] = row["fwd+bwd ms"] / rows[0]["fwd+bwd ms"]
+    return rows
 
 
 def section(ctx, results) -> None:
     """bench/gpu.py's `loss` section: the gpt2 training shape, 32 x 1024 tokens."""
     batch, seq = (2, 64) if ctx.smoke else (32, 1024)
-    rows = measure(ctx.device, batch, seq)
-    results["tables"] = {f"loss on {batch} x {seq} bf16 logits, forward and backward": rows}
+    title = f"loss on {batch} x {seq} bf16 logits, forward and backward"
+    rows = with_ratios(measure(ctx.device, batch, seq))
+    results["tables"] = {title: rows}
     ours, theirs = rows[1], rows[0]
     key = "peak above inputs MiB" if "peak above inputs MiB" in ours else "kept for backward MiB"
     results.headline(
-        f"loss memory ({key.removesuffix(' MiB')}), blockwise vs fp32 copy",
+        f"eager loss memory ({key.removesuffix(' MiB')}), blockwise vs fp32 copy",
         f"{ours[key]:,.0f} vs {theirs[key]:,.0f} MiB; time {ours['time vs fp32 copy']:.2f}x",
+    )
+    rows = with_ratios(rows + measure(ctx.device, batch, seq, compile=True))
+    results["tables"] = {title: rows}
+    compiled = rows[2]
+    results.headline(
+        f"compiled loss ({key.removesuffix(' MiB')}; time vs eager fp32 copy)",
+        f"{compiled[key]:,.0f} MiB; {compiled['time vs fp32 copy']:.2f}x",
     )
 
 
@@ -111,12 +131,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="also the loss under torch.compile")
     args = p.parse_args()
     device = torch.device(args.device)
     print(f"{device}, torch {torch.__version__}, {args.batch} x {args.seq} bf16 logits")
-    for row in measure(device, args.batch, args.seq, args.repeats):
+    rows = measure(device, args.batch, args.seq, args.repeats)
+    if args.compile:
+        rows += measure(device, args.batch, args.seq, args.repeats, compile=True)
+    for row in with_ratios(rows):
         print(
-            f"{row['loss']:<36} kept for backward {row['kept for backward MiB']:>8,.1f} MiB"
+            f"{row['loss']:<46} kept for backward {row['kept for backward MiB']:>8,.1f} MiB"
             + (
                 f"  peak {row['peak above inputs MiB']:>8,.0f} MiB"
                 if "peak above inputs MiB" in row

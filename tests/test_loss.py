@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import pytest
@@ -32,7 +33,7 @@ def _value_and_grad(fn, logits, targets, vocab, upstream=1.0):
     return loss.detach(), leaf.grad
 
 
-@pytest.mark.parametrize("block_rows", [1, 5, 2048])
+@pytest.mark.parametrize("block_rows", [1, 5, 2048, None])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_value_and_gradient_equal_torch_cross_entropy(block_rows, dtype):
     def ours_in_blocks(logits, targets, vocab):
@@ -101,9 +102,39 @@ def test_model_loss_is_torch_cross_entropy_of_its_logits(tiny_model):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+needs_compiler = pytest.mark.skipif(
+    shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler"
+)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_compiler)])
+def test_no_fp32_copy_of_the_logits_is_kept_for_backward(compiled):
+    """The point of the loss: under bf16 autocast, backward keeps the bf16 logits and per-row
+    statistics, never an fp32 [tokens, vocab] tensor (eager: our blocks; compiled: Inductor's)."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=1000))
+    run = torch.compile(model) if compiled else model
+    idx, targets = torch.randint(0, 1000, (2, 4, 32))
+    kept = []
+
+    def pack(t):
+        kept.append((t.dtype, t.numel()))
+        return t
+
+    for hooked in (False, True):  # the first call compiles
+        kept.clear()
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        with hooks if hooked else contextlib.nullcontext(), torch.autocast("cpu", torch.bfloat16):
+            _, loss = run(idx, targets)
+        loss.backward()
+    logits_size = 4 * 32 * 1000
+    assert (torch.bfloat16, 4 * 32 * 1024) in kept  # the padded bf16 logits: the hooks see them
+    assert not [k for k in kept if k[0] == torch.float32 and k[1] >= logits_size], kept
+
+
+@needs_compiler
 def test_compiled_model_loss_and_gradient_equal_eager():
-    """The training step runs compiled: the autograd function must trace into the graph."""
+    """The training step runs compiled, where the loss is Inductor's fused cross-entropy."""
     torch.manual_seed(0)
     config = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=100)
     model = GPT(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -163,3 +164,18 @@ def test_backward_reaches_every_parameter(tiny_model):
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_with_dynamic_length_is_one_graph_and_equals_eager():
+    """A compiled model meeting a second sequence length turns T dynamic; it must stay one graph
+    (the trainer compiles it; SFT and evaluation batches vary in length)."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=100))
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    for T in (7, 1, 32):
+        idx, targets = torch.randint(0, 100, (2, 2, T))
+        logits, loss = compiled(idx, targets)
+        ref_logits, ref_loss = model(idx, targets)
+        torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
