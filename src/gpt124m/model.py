@@ -170,7 +170,7 @@ def cross_entropy(
     fp32 at GPT-2's vocabulary, few kernel launches) and on the CPU an fp32 block of about 2 MB,
     which stays in cache (3x faster there than the fp32 copy). Under `torch.compile` it is that
     very `F.cross_entropy`: Inductor fuses the cast into its kernels and keeps only per-row
-    statistics for backward, which beats any hand-written blocking.
+    statistics for backward (and on the CPU it measured 1.3x faster than this function compiled).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
