@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +56,18 @@ def init(device_name: str = "auto") -> Dist:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Tear the process group down; call it in a `finally`.
+
+    On the normal path every rank first waits for the others (rank 0 still writes results when
+    the rest are done): a gloo rank that destroys its group while a peer still holds theirs can
+    abort at exit, which torchrun reports as a failed run. While an exception propagates there
+    is no waiting: the peers may never arrive.
+    """
+    if not dist.is_initialized():
+        return
+    if sys.exc_info()[0] is None:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, info: Dist, parallel: str) -> nn.Module:
