@@ -8,6 +8,7 @@ let batching or caching bugs go unnoticed).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,11 @@ from gpt124m.config import get_preset
 from gpt124m.model import GPT
 from gpt124m.tokenizer import Tokenizer, get_tokenizer
 from gpt124m.train.config import TrainConfig
+
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
+    reason="torch.compile (Inductor) on CPU needs a C++ compiler",
+)
 
 
 def lively_tiny_model(seed: int = 2) -> GPT:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 
 import pytest
 import torch
@@ -11,6 +10,8 @@ import torch.nn.functional as F
 
 from gpt124m.config import ModelConfig
 from gpt124m.model import GPT, IGNORE_INDEX, cross_entropy
+
+from .conftest import needs_compiler
 
 
 def _case(rows=37, vocab=50, padded=64, ignored=0.3, seed=0, dtype=torch.float32):
@@ -100,11 +101,6 @@ def test_model_loss_is_torch_cross_entropy_of_its_logits(tiny_model):
     ref_grads = torch.autograd.grad(ref, tiny_model.parameters())
     for ours, theirs in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
-
-
-needs_compiler = pytest.mark.skipif(
-    shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler"
-)
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_compiler)])

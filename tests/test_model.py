@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
 
 import pytest
 import torch
@@ -11,6 +10,8 @@ import torch.nn.functional as F
 
 from gpt124m.config import ModelConfig
 from gpt124m.model import GPT, KVCache
+
+from .conftest import needs_compiler
 
 ATOL = 1e-4  # float32 logits of magnitude ~10, summed in different orders
 
@@ -166,7 +167,7 @@ def test_backward_reaches_every_parameter(tiny_model):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+@needs_compiler
 def test_compiled_with_dynamic_length_is_one_graph_and_equals_eager():
     """A compiled model meeting a second sequence length turns T dynamic; it must stay one graph
     (the trainer compiles it; SFT and evaluation batches vary in length)."""

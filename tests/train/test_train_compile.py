@@ -12,12 +12,8 @@ from gpt124m.model import GPT
 from gpt124m.train.evaluators import Hooks, sample_texts
 from gpt124m.train.trainer import fit
 
+from ..conftest import needs_compiler
 from .test_train_loop import tiny_cfg, train_losses
-
-needs_compiler = pytest.mark.skipif(
-    not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
-    reason="torch.compile (Inductor) on CPU needs a C++ compiler",
-)
 
 
 def val_batches(fixed_batches):
