@@ -20,10 +20,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gpt124m.config import GPT2_VOCAB_SIZE
+from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
 from gpt124m.model import IGNORE_INDEX, cross_entropy
 
-PADDED = 50304
+PADDED = get_preset("gpt2").padded_vocab_size  # 50304
 
 
 def fp32_copy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

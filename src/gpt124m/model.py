@@ -139,6 +139,8 @@ class GPT(nn.Module):
         x = run_trunk(self.transformer, self.transformer.wte(idx), pos, mask, cache)
         if targets is None:
             return self._logits(x[:, -1:, :] if last_only else x), None
+        # The loss reads the padded head directly (not `_logits`' slice), so its gradient is
+        # written at full width instead of being padded again by the slice's backward.
         padded = self.lm_head(x)
         loss = cross_entropy(padded.flatten(0, -2), targets.reshape(-1), self.config.vocab_size)
         return padded[..., : self.config.vocab_size], loss
