@@ -7,19 +7,19 @@ Sections (each independent: a failure or a timeout is recorded with its error an
 runs; each has a time budget, and the whole run a deadline, --budget):
 
 1. correct_tiny   the `tiny` preset, 10 fp32 training steps on CUDA against the same on CPU
-2. correct_text   `gpt2`, 50 bf16 steps on the bundled corpus (prepared on the spot) with
-                  --micro-batch-size auto: the loss falls; resuming from the step-25 checkpoint
-                  continues the curve
-3. torchrun       `torchrun --nproc_per_node 1` (NCCL) under DDP and FSDP2, against one process
-4. card_24gb      the process capped at a 24 GB card: the micro-batch auto picks, tokens/s there
-5. loss           the training loss on 32 x 1024 bf16 logits: memory and time of gpt124m's
-                  blockwise cross-entropy against F.cross_entropy on an fp32 copy, eager, and
-                  of the latter compiled (what gpt124m's loss is under torch.compile)
-6. hellaswag      scoring items/s under both conventions, projected to all 10,042 items
-7. decode         greedy decode tokens/s at batch 1, 8, 64 against transformers' `generate`
-8. throughput     `gpt2`, T=1024, B=32, bf16: tokens/s, MFU (datasheet and measured matmul peak)
+2. throughput     `gpt2`, T=1024, B=32, bf16: tokens/s, MFU (datasheet and measured matmul peak)
                   and peak memory, eager and compiled, ours and transformers' GPT2LMHeadModel,
                   the trainer's own loop (`fit`, compiled), and whether flash attention runs
+3. correct_text   `gpt2`, 50 bf16 steps on the bundled corpus (prepared on the spot) with
+                  --micro-batch-size auto: the loss falls; resuming from the step-25 checkpoint
+                  continues the curve
+4. torchrun       `torchrun --nproc_per_node 1` (NCCL) under DDP and FSDP2, against one process
+5. card_24gb      the process capped at a 24 GB card: the micro-batch auto picks, tokens/s there
+6. loss           the training loss on 32 x 1024 bf16 logits: memory and time of gpt124m's
+                  blockwise cross-entropy against F.cross_entropy on an fp32 copy, eager, and
+                  of the latter compiled (what gpt124m's loss is under torch.compile)
+7. hellaswag      scoring items/s under both conventions, projected to all 10,042 items
+8. decode         greedy decode tokens/s at batch 1, 8, 64 against transformers' `generate`
 
 Results go to OUT/gpu.json and OUT/gpu.md after every figure, so a timeout keeps what was done;
 each carries the date, device, torch version and command line. Exit status 1 if any section
@@ -46,15 +46,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings: _baseline,
 import torch  # noqa: E402
 from gpu_common import Context, device_name  # noqa: E402
 
+# In running order: the headline figures (throughput) right after the first proof that training
+# on CUDA is right, so that a run cut short still has them.
 SECTIONS = {  # name: (module, function, budget in seconds on the GPU)
     "correct_tiny": ("gpu_correct", "correct_tiny", 45),
+    "throughput": ("gpu_speed", "throughput", 200),
     "correct_text": ("gpu_correct", "correct_text", 100),
-    "torchrun": ("gpu_correct", "torchrun", 90),
+    "torchrun": ("gpu_correct", "torchrun", 120),
     "card_24gb": ("gpu_speed", "card_24gb", 60),
     "loss": ("loss", "section", 45),
     "hellaswag": ("gpu_infer", "hellaswag", 45),
     "decode": ("gpu_infer", "decode", 60),
-    "throughput": ("gpu_speed", "throughput", 200),  # last: it takes what time is left
 }
 TARGETS = {
     "train tokens/s (gpt2, T=1024, bf16, compiled)": 550_000,
@@ -85,6 +87,7 @@ def run_section(ctx: Context, name: str, budget: float) -> None:
     ctx.save()
     ctx.say(f"{name}: start (budget {allowed} s)")
     start = time.monotonic()
+    ctx.section_deadline = start + allowed
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(allowed)
     try:
@@ -102,7 +105,10 @@ def run_section(ctx: Context, name: str, budget: float) -> None:
     finally:
         signal.alarm(0)
         record["seconds"] = round(time.monotonic() - start, 1)
-        ctx.cleanup_device()
+        try:
+            ctx.cleanup_device()
+        except Exception as e:  # a sticky CUDA error: record it; the next section will show it
+            record["cleanup_error"] = f"{type(e).__name__}: {e}"
         ctx.save()
     ctx.say(f"{name}: {record['status']} in {record['seconds']} s" + _tail(record))
 
@@ -159,7 +165,9 @@ def main() -> int:
     if args.smoke:
         device = torch.device("cpu")
     elif torch.cuda.is_available():
-        device = torch.device("cuda")
+        # With an index: some torch.cuda calls (set_per_process_memory_fraction) refuse a bare
+        # "cuda" device instead of reading it as the current one.
+        device = torch.device("cuda", torch.cuda.current_device())
     else:
         print("bench/gpu.py: no CUDA device here; use --smoke for the CPU check", file=sys.stderr)
         return 2

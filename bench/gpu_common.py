@@ -3,6 +3,7 @@ subprocesses that die with their section, and an in-memory batch source."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -70,6 +71,11 @@ class Context:
     hellaswag_data: str | None = None
     card_gib: float = 24.0
     started: float = dataclasses.field(default_factory=time.monotonic)
+    section_deadline: float = float("inf")  # set by gpu.py's run_section
+
+    def seconds_left(self) -> float:
+        """Until the running section's budget is spent."""
+        return self.section_deadline - time.monotonic()
 
     def say(self, message: str) -> None:
         print(f"[gpu.py {time.monotonic() - self.started:6.1f}s] {message}", flush=True)
@@ -181,24 +187,76 @@ def time_steps(
     }
 
 
-def run_command(argv: list[str], *, timeout: float, env: dict | None = None) -> tuple[int, str]:
-    """Run `argv` in its own process group; on a timeout or any exception (the section's alarm)
-    the whole group is killed, torchrun's workers included. Returns (exit status, output)."""
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        start_new_session=True,
-    )
+def run_command(
+    argv: list[str], *, timeout: float, log: Path, env: dict | None = None, grace: float = 40.0
+) -> tuple[int, str]:
+    """Run `argv` in its own process group, its output going to `log` as it comes (so a hang
+    still leaves its story); returns (exit status, output), status 124 after a timeout. On a
+    timeout or an exception (the section's alarm, which propagates) the group gets SIGTERM
+    first: torchrun starts its workers in sessions of their own and stops them on SIGTERM.
+    Whatever is left after a grace period is killed."""
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            argv,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc, grace)
+            print(f"\n[bench/gpu.py: stopped after {timeout:.0f} s]", file=sink, flush=True)
+            return 124, Path(log).read_text(errors="replace")
+        except BaseException:
+            _stop(proc, grace)
+            raise
+    return proc.returncode, Path(log).read_text(errors="replace")
+
+
+def _stop(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to the group, then (after `grace`; torchrun gives its workers 30 s) SIGKILL to the
+    group and to every descendant seen at the start, wherever its session."""
+    family = _descendants(proc.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        for pid in family if sig == signal.SIGKILL else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+            if not any(_alive(pid) for pid in family):
+                return
+
+
+def _descendants(root: int) -> list[int]:
+    """Process ids below `root`, read from /proc (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
     try:
-        output, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, output
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def gpt124m_cli() -> list[str]:

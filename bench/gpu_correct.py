@@ -198,12 +198,20 @@ def torchrun(ctx: Context, results: Results) -> None:
         "1",
     ]
     problems = []
-    for parallel in ("ddp", "fsdp"):
+    runs = ("ddp", "fsdp")
+    for i, parallel in enumerate(runs):
         out = ctx.work / f"torchrun-{parallel}"
         argv = (
             launcher + ["-m", "gpt124m"] + _train_argv(ctx, data, out, parallel=parallel, **flags)
         )
-        code, output = run_command(argv, timeout=240, env={TF32_ENV: "0", "OMP_NUM_THREADS": "4"})
+        # A hung run (NCCL) leaves time for the next one, and for stopping it (40 s at most).
+        timeout = max((ctx.seconds_left() - 40 * (len(runs) - i)) / (len(runs) - i), 10)
+        code, output = run_command(
+            argv,
+            timeout=min(timeout, 240),
+            log=ctx.out / f"torchrun-{parallel}.log",
+            env={TF32_ENV: "0", "OMP_NUM_THREADS": "4"},
+        )
         losses = _losses(out)
         wrapped = f"({parallel}, {backend})" in output
         diff = max((abs(losses[s] - reference[s]) for s in reference if s in losses), default=None)

@@ -80,3 +80,41 @@ def test_a_failing_section_is_recorded_and_the_rest_still_runs(tmp_path):
     assert tiny["status"] == "ok", output
     assert code == 1
     assert "**FileNotFoundError" in (tmp_path / "out" / "gpu.md").read_text()
+
+
+# A stand-in for torchrun: it starts its worker in a session of its own (as torchrun does), so
+# killing torchrun's process group alone would leave the worker holding the GPU.
+LAUNCHER = """
+import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                          start_new_session=True)
+print("worker", worker.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_timed_out_command_is_stopped_with_the_workers_it_started(tmp_path):
+    import os
+    import time
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from gpu_common import run_command
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    log = tmp_path / "launcher.log"
+    start = time.monotonic()
+    code, output = run_command([sys.executable, "-c", LAUNCHER], timeout=3, log=log, grace=2)
+    assert code == 124 and "stopped after 3 s" in output, output
+    assert time.monotonic() - start < 30
+    worker = int(output.split("worker ")[1].split()[0])
+    for _ in range(50):  # the kill is delivered at once; reaping by init can lag a little
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z":
+            break  # a zombie waiting for init: dead
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"worker {worker} outlived its launcher")

@@ -87,6 +87,27 @@ def test_trial_steps_pick_the_largest_micro_batch_that_fits(where):
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+def test_a_trial_runs_forward_and_backward_beside_the_optimizer_state(monkeypatch):
+    """Every real step after the first holds AdamW's two moments while it runs forward and
+    backward; a trial that only ran one step would never hold them at the memory peak."""
+    optimizers = []
+    build = autobatch.build_adamw
+
+    def recording_build(*args, **kwargs):
+        optimizers.append(build(*args, **kwargs))
+        return optimizers[-1]
+
+    monkeypatch.setattr(autobatch, "build_adamw", recording_build)
+    model = GPT(get_preset("tiny"))
+    trial = autobatch.TrialStep(model, seq_len=8, device=CPU, amp_dtype=None)
+    states_during_backward = []
+    for p in trial.probe.parameters():
+        p.register_hook(lambda g: states_during_backward.append(len(optimizers[-1].state)))
+    assert trial(2)
+    n_params = len(list(trial.probe.parameters()))
+    assert max(states_during_backward) == n_params
+
+
 def test_errors_other_than_out_of_memory_are_not_swallowed():
     model = GPT(get_preset("tiny"))
     model.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(ValueError("a real bug")))

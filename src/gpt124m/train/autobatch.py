@@ -5,8 +5,9 @@ and only their split into micro-batches changes, with gradient accumulation maki
 (the trainer weights micro-batches so any split gives the same loss). So the candidates are the
 divisors of the sequences each rank handles per step.
 
-On CUDA each trial is one whole training step on a throwaway copy of the model: forward,
-backward and an AdamW step, so gradients and optimizer state are counted, not just activations.
+On CUDA each trial is two whole training steps on a throwaway copy of the model: forward,
+backward and an AdamW step, the second with the optimizer state the first one made, so gradients
+and optimizer state are counted alongside the activations, not just activations.
 A CUDA out-of-memory error means "does not fit". The whole per-rank batch is tried first; if it
 fails, bisecting the smaller candidates halves the range each trial. Trials run eagerly (a
 compiled step needs no more memory), DDP's gradient buckets are reserved during them, and FSDP's
@@ -62,7 +63,7 @@ def largest_fitting(sizes: list[int], fits: Callable[[int], bool]) -> int | None
 
 
 class TrialStep:
-    """`fits(batch)`: does one training step of `batch` x `seq_len` tokens run on `device`?
+    """`fits(batch)`: do training steps of `batch` x `seq_len` tokens run on `device`?
 
     The step runs on a copy of the model, so the model itself is untouched (its weights may stay
     on the CPU), and inside `fork_rng`, so dropout in a trial leaves the run's random streams as
@@ -105,10 +106,16 @@ class TrialStep:
             self.probe, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), device_type=device.type
         )
         ids = torch.zeros((batch, self.seq_len), dtype=torch.long, device=device)
-        with autocast(device, self.amp_dtype):
-            _, loss = self.probe(ids, ids)
-        loss.backward()
-        optimizer.step()
+        # Two steps: AdamW makes its state in the first step(), after backward, so only the
+        # second forward and backward run beside it, as every step of the real run after the
+        # first does (for gpt2 that state is 8 bytes a parameter, about 1 GiB).
+        for _ in range(2):
+            self.probe.zero_grad(set_to_none=True)
+            with autocast(device, self.amp_dtype):
+                _, loss = self.probe(ids, ids)
+            loss.backward()
+            optimizer.step()
+            del loss
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         del reserve, optimizer
