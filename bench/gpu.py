@@ -58,11 +58,23 @@ SECTIONS = {  # name: (module, function, budget in seconds on the GPU)
     "hellaswag": ("gpu_infer", "hellaswag", 45),
     "decode": ("gpu_infer", "decode", 60),
 }
+# The issue's targets: (section, figure in its results, at least or at most, wanted).
 TARGETS = {
-    "train tokens/s (gpt2, T=1024, bf16, compiled)": 550_000,
-    "train speed / transformers compiled": 1.2,
-    "full HellaSwag, both conventions (s)": 120,
-}
+    "train tokens/s (gpt2, T=1024, bf16, compiled fit loop)": (
+        "throughput", "fit_tokens_per_s", ">=", 550_000),
+    "train speed / transformers, both compiled": ("throughput", "ratio_compiled", ">=", 1.2),
+    "full HellaSwag, both conventions (s)": ("hellaswag", "projected_s", "<=", 120),
+}  # fmt: skip
+
+
+def verdicts(report: dict) -> list[dict]:
+    """Each target against its measured figure (None where the section did not produce it)."""
+    rows = []
+    for name, (section, key, op, wanted) in TARGETS.items():
+        value = report["sections"].get(section, {}).get("results", {}).get(key)
+        met = None if value is None else (value >= wanted if op == ">=" else value <= wanted)
+        rows.append({"target": name, "wanted": f"{op} {wanted:,}", "measured": value, "met": met})
+    return rows
 
 
 class SectionTimeout(Exception):
@@ -109,6 +121,7 @@ def run_section(ctx: Context, name: str, budget: float) -> None:
             ctx.cleanup_device()
         except Exception as e:  # a sticky CUDA error: record it; the next section will show it
             record["cleanup_error"] = f"{type(e).__name__}: {e}"
+        ctx.report["verdicts"] = verdicts(ctx.report)
         ctx.save()
     ctx.say(f"{name}: {record['status']} in {record['seconds']} s" + _tail(record))
 
@@ -148,6 +161,11 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"{name:<14} {record.get('status', '?'):<8} {record.get('seconds', '')} s")
         for key, value in record.get("results", {}).get("headline", {}).items():
             lines.append(f"    {key}: {value}")
+    lines.append("targets:")
+    for v in report["verdicts"]:
+        met = {True: "met", False: "MISSED", None: "not measured"}[v["met"]]
+        measured = "-" if v["measured"] is None else f"{v['measured']:,.4g}"
+        lines.append(f"    {v['target']} {v['wanted']}: {measured} ({met})")
     return lines
 
 
@@ -175,7 +193,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpt124m-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
-    report = {"meta": meta(args, device), "targets": TARGETS, "sections": {}}
+    report = {"meta": meta(args, device), "sections": {}, "verdicts": []}
     ctx = Context(
         device=device,
         smoke=args.smoke,

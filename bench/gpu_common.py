@@ -122,7 +122,8 @@ def markdown(report: dict) -> str:
         if r.get("error"):
             figures = f"**{_cell(r['error'])}** " + figures
         lines.append(f"| {name} | {r.get('status')} | {r.get('seconds', '')} | {figures} |")
-    lines += ["", "Targets: " + "; ".join(f"{k} {v:,}" for k, v in report["targets"].items())]
+    if report.get("verdicts"):
+        lines += ["", "## Targets", "", *_table(report["verdicts"])]
     for name, r in report["sections"].items():
         tables = r.get("results", {}).get("tables", {})
         for title, rows in tables.items():

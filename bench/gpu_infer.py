@@ -57,6 +57,7 @@ def hellaswag(ctx: Context, results: Results) -> None:
         )
         if best is None or projected < best[1]:
             best = (batch_size, projected)
+    results["projected_s"] = best[1]
     results.headline(
         "full HellaSwag, both conventions (projected)", f"{best[1]:.0f} s at --batch-size {best[0]}"
     )

@@ -117,6 +117,7 @@ def throughput(ctx: Context, results: Results) -> None:
     ctx.say("throughput: the trainer's own loop (fit)")
     loop = trainer_loop(ctx, s, compile=not ctx.smoke)
     rate = loop["tokens_per_s"]
+    results["fit_tokens_per_s"] = rate
     add_row(
         results,
         "training step",

@@ -63,8 +63,19 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
     ]  # fmt: skip
     assert all(r["tokens/s"] > 0 for r in rows)
     assert sections["throughput"]["results"]["flash_attention"] is True
+    # each target is judged on the figure its section measured (missed here: a CPU, tiny shapes)
+    verdicts = {v["target"]: v for v in report["verdicts"]}
+    fit_row = next(r for r in rows if r["implementation"] == "gpt124m fit() loop")
+    assert (
+        verdicts["train tokens/s (gpt2, T=1024, bf16, compiled fit loop)"]["measured"]
+        == (fit_row["tokens/s"])
+    )
+    hellaswag = table("hellaswag", "HellaSwag scoring")[0]["projected s for 10,042 items"]
+    assert verdicts["full HellaSwag, both conventions (s)"]["measured"] == hellaswag
+    assert all(v["met"] in (True, False) for v in verdicts.values()), verdicts
     markdown = (tmp_path / "out" / "gpu.md").read_text()
     assert "| throughput | ok |" in markdown and meta["device"] in markdown
+    assert "## Targets" in markdown and "compiled fit loop" in markdown
 
 
 def test_a_failing_section_is_recorded_and_the_rest_still_runs(tmp_path):
