@@ -24,6 +24,9 @@ needs_compiler = pytest.mark.skipif(
     not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
     reason="torch.compile (Inductor) on CPU needs a C++ compiler",
 )
+needs_muon = pytest.mark.skipif(
+    not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon is new in torch 2.9"
+)
 
 
 def lively_tiny_model(seed: int = 2) -> GPT:

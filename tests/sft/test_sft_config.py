@@ -12,6 +12,8 @@ from gpt124m.sft.config import (
 from gpt124m.sft.runner import resolve
 from gpt124m.train.schedule import lr_at
 
+from ..conftest import needs_muon
+
 
 def parse(argv, recipe=None):
     p = argparse.ArgumentParser()
@@ -135,6 +137,7 @@ def test_bundled_recipe_is_the_seed_run(tmp_path):
         load_sft_recipe("nope")
 
 
+@needs_muon
 def test_sft_takes_the_optimizer_choice():
     assert parse(["--base", "gpt2"]).optimizer == "adamw"
     cfg = parse(["--base", "gpt2", "--optimizer", "muon", "--muon-lr", "0.002"])

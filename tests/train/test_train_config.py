@@ -13,6 +13,8 @@ from gpt124m.train.config import (
     recipe_names,
 )
 
+from ..conftest import needs_muon
+
 
 def parse(argv, recipe=None):
     p = argparse.ArgumentParser()
@@ -112,6 +114,7 @@ def test_every_flag_says_what_it_does_and_its_default(config_cls, exclude):
         assert helps["max_lr"].startswith("peak learning rate (default: 5e-5 full")
 
 
+@needs_muon
 def test_optimizer_flags():
     assert parse([]).optimizer == "adamw"
     cfg = parse(["--optimizer", "muon", "--muon-lr", "0.03", "--muon-momentum", "0.9"])
@@ -121,3 +124,12 @@ def test_optimizer_flags():
     seed = parse([], recipe="gpt124m-fineweb-edu")
     for name in ("model", "data_dir", "seq_len", "total_batch_tokens", "max_steps"):
         assert getattr(cfg, name) == getattr(seed, name), name  # same data and token budget
+
+
+def test_muon_on_a_torch_without_it_is_a_one_line_error(monkeypatch):
+    import torch
+
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)
+    with pytest.raises(ValueError, match=r"^--optimizer 'muon': needs torch.optim.Muon, new in "):
+        parse(["--optimizer", "muon"]).validate()
+    parse([]).validate()  # AdamW needs nothing new

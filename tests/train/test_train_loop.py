@@ -11,7 +11,7 @@ from gpt124m.train import checkpointing
 from gpt124m.train.step import TrainingDiverged
 from gpt124m.train.trainer import fit
 
-from ..conftest import tiny_run_config
+from ..conftest import needs_muon, tiny_run_config
 
 
 def tiny_cfg(tmp_path, **kw):
@@ -39,6 +39,7 @@ def test_tiny_model_overfits_one_batch(tmp_path, fixed_batches):
     assert loss.item() < 0.5
 
 
+@needs_muon
 def test_muon_trains_and_leaves_an_ordinary_model_directory(tmp_path, fixed_batches):
     torch.manual_seed(0)
     cfg = tiny_cfg(tmp_path, max_steps=40, optimizer="muon", muon_lr=0.05)

@@ -15,6 +15,8 @@ from gpt124m.train.optim import (
     set_lr,
 )
 
+from ..conftest import needs_muon
+
 
 def test_weight_decay_applies_to_matrices_and_embeddings_only():
     model = GPT(get_preset("tiny"))
@@ -67,7 +69,10 @@ def test_cpu_uses_the_fused_kernel_and_it_matches_the_foreach_update():
     for (name, a), b in zip(
         model.state_dict().items(), reference.state_dict().values(), strict=True
     ):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+        # atol: 0.1% of one step's update (lr 1e-2). Rarely (about 1 run in 10 on a busy 2-core
+        # CPU) an element whose gradient is ~1e-6 differs by a few 1e-6 between the two kernels;
+        # a real difference in the update (weight decay, bias correction) is 1e-4 and more.
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5, msg=name)
     assert not torch.equal(model.transformer.wte.weight, initial)
 
 
@@ -82,6 +87,7 @@ def muon_config(**kw):
     )
 
 
+@needs_muon
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     model = GPT(get_preset("tiny"))
     opt = build_optimizer(model, muon_config())
@@ -100,6 +106,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert decayed == {"transformer.wte.weight", "transformer.wpe.weight"}
 
 
+@needs_muon
 def test_one_schedule_drives_both_from_their_own_peaks():
     opt = build_optimizer(GPT(get_preset("tiny")), muon_config())
     set_lr(opt, 5e-3)  # half of --max-lr
@@ -111,6 +118,7 @@ def test_one_schedule_drives_both_from_their_own_peaks():
     assert all(g["lr"] == 5e-3 for g in plain.param_groups)
 
 
+@needs_muon
 def test_muon_updates_are_orthogonalised():
     """Muon's step on a matrix has all singular values near lr x its shape factor (Newton-Schulz
     maps them into ~[0.5, 1.5]), however uneven the gradient's are."""
@@ -130,6 +138,7 @@ def test_muon_updates_are_orthogonalised():
     assert singular.min() > 0.4 and singular.max() < 1.6
 
 
+@needs_muon
 def test_muon_state_round_trips_and_resumes_bit_exact(tmp_path):
     def batches():
         g = torch.Generator().manual_seed(1)
@@ -158,6 +167,7 @@ def test_muon_state_round_trips_and_resumes_bit_exact(tmp_path):
         assert torch.equal(a, b)
 
 
+@needs_muon
 def test_resuming_with_the_other_optimizer_is_a_clear_error():
     model = GPT(get_preset("tiny"))
     muon_state = build_optimizer(model, muon_config()).state_dict()

@@ -19,6 +19,8 @@ import pytest
 
 from gpt124m.data.prepare import PrepareConfig, prepare
 
+from ..conftest import needs_muon
+
 pytestmark = pytest.mark.slow
 
 N = 6  # steps before the kill; the run is 2N steps long
@@ -139,7 +141,7 @@ def run_and_kill_after_step(argv, nproc, step, pid_dir, deadline_s=240):
 # FSDP2's sharded AdamW: each resume path once, which keeps the suite in its time budget.
 @pytest.mark.parametrize(
     "nproc, parallel, optimizer",
-    [(1, "ddp", "adamw"), (2, "fsdp", "adamw"), (2, "ddp", "muon")],
+    [(1, "ddp", "adamw"), (2, "fsdp", "adamw"), pytest.param(2, "ddp", "muon", marks=needs_muon)],
 )
 def test_sigkill_then_resume_is_bit_exact(tmp_path, data_dir, nproc, parallel, optimizer):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"

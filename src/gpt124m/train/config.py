@@ -202,6 +202,14 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"choose from {', '.join(OPTIMIZERS)}")
         if self.optimizer == "muon":
+            import torch
+
+            if not hasattr(torch.optim, "Muon"):
+                raise bad(
+                    "optimizer",
+                    f"needs torch.optim.Muon, new in torch 2.9 (this is torch {torch.__version__}):"
+                    " upgrade torch, or use --optimizer adamw",
+                )
             if not self.muon_lr > 0:
                 raise bad("muon_lr", "must be positive")
             if not 0 <= self.muon_momentum < 1:
