@@ -77,8 +77,8 @@ def verdicts(report: dict) -> list[dict]:
     return rows
 
 
-class SectionTimeout(Exception):
-    pass
+class SectionTimeout(BaseException):
+    """Not an Exception, so that a section's own `except Exception` cannot swallow it."""
 
 
 def _alarm(signum, frame):
@@ -175,6 +175,9 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="CPU, tiny preset, seconds: the CI check")
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     p.add_argument("--budget", type=float, default=340, help="seconds for the whole run")
+    p.add_argument(
+        "--section-budget", type=int, help="seconds for every section (default: each its own)"
+    )
     p.add_argument("--work", help="scratch folder for data and checkpoints (default: a temp dir)")
     p.add_argument("--hellaswag-data", help="a local HellaSwag file (default: synthetic items)")
     p.add_argument("--card-gib", type=float, default=24.0, help="card_24gb: the card's memory")
@@ -208,7 +211,8 @@ def main() -> int:
     ctx.cleanup_device()
     ctx.save()
     for name in args.sections:
-        run_section(ctx, name, SECTIONS[name][2] * (3 if args.smoke else 1))
+        budget = args.section_budget or SECTIONS[name][2] * (3 if args.smoke else 1)
+        run_section(ctx, name, budget)
     report["meta"]["finished"] = _now()
     ctx.save()
     if not args.work:

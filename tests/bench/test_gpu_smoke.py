@@ -93,6 +93,17 @@ def test_a_failing_section_is_recorded_and_the_rest_still_runs(tmp_path):
     assert "**FileNotFoundError" in (tmp_path / "out" / "gpu.md").read_text()
 
 
+def test_a_section_out_of_time_stops_as_a_timeout(tmp_path):
+    """The section's alarm is not an Exception: the throughput section's own error handling
+    (one configuration failing leaves the others) must not swallow it and run on."""
+    code, report, output = smoke(
+        tmp_path / "out", "--sections", "throughput", "--section-budget", "4", timeout=240
+    )
+    throughput = report["sections"]["throughput"]
+    assert throughput["status"] == "timeout", output
+    assert throughput["seconds"] < 15 and code == 1, output
+
+
 # A stand-in for torchrun: it starts its worker in a session of its own (as torchrun does), so
 # killing torchrun's process group alone would leave the worker holding the GPU.
 LAUNCHER = """
