@@ -2,10 +2,10 @@
 
 Both train the `nano` model on the same prepared data (the corpus bundled with the package) with
 the shared loop: the current `quickstart` recipe (Muon on the blocks' matrices, AdamW 4e-2 on
-embeddings, norms and biases, 140 steps) and the previous one (AdamW 3e-3 -> 3e-4, 80 steps), each
+embeddings, norms and biases, 180 steps) and the previous one (AdamW 3e-3 -> 3e-4, 80 steps), each
 at the recipe's own precision (`auto`) or `--precision`. Prints each one's training wall time,
 validation loss before and after, and how many distinct words 32 greedy tokens of each of the
-current recipe's prompts contain (the quickstart test asks for >= 5).
+current recipe's prompts contain (the quickstart test asks for >= 3).
 
     python bench/quickstart.py [--precision auto|fp32|bf16]
 """
