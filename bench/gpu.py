@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings: _baseline, gpu_*
 
 import torch  # noqa: E402
-from gpu_common import Context, device_name  # noqa: E402
+from gpu_common import Context, cell, device_name  # noqa: E402
 
 # In running order: the headline figures (throughput) right after the first proof that training
 # on CUDA is right, so that a run cut short still has them.
@@ -73,7 +73,9 @@ def verdicts(report: dict) -> list[dict]:
     for name, (section, key, op, wanted) in TARGETS.items():
         value = report["sections"].get(section, {}).get("results", {}).get(key)
         met = None if value is None else (value >= wanted if op == ">=" else value <= wanted)
-        rows.append({"target": name, "wanted": f"{op} {wanted:,}", "measured": value, "met": met})
+        result = {True: "met", False: "MISSED", None: "not measured"}[met]
+        rows.append({"target": name, "wanted": f"{op} {wanted:,}", "measured": value,
+                     "result": result, "met": met})  # fmt: skip
     return rows
 
 
@@ -163,9 +165,8 @@ def summary_lines(report: dict) -> list[str]:
             lines.append(f"    {key}: {value}")
     lines.append("targets:")
     for v in report["verdicts"]:
-        met = {True: "met", False: "MISSED", None: "not measured"}[v["met"]]
-        measured = "-" if v["measured"] is None else f"{v['measured']:,.4g}"
-        lines.append(f"    {v['target']} {v['wanted']}: {measured} ({met})")
+        measured = cell(v["measured"]) or "-"
+        lines.append(f"    {v['target']} {v['wanted']}: {measured} ({v['result']})")
     return lines
 
 
@@ -214,6 +215,7 @@ def main() -> int:
         budget = args.section_budget or SECTIONS[name][2] * (3 if args.smoke else 1)
         run_section(ctx, name, budget)
     report["meta"]["finished"] = _now()
+    report["verdicts"] = verdicts(report)
     ctx.save()
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -118,12 +118,13 @@ def markdown(report: dict) -> str:
     ]
     for name, r in report["sections"].items():
         headline = r.get("results", {}).get("headline", {})
-        figures = _cell("; ".join(f"{k}: {v}" for k, v in headline.items()))
+        figures = cell("; ".join(f"{k}: {v}" for k, v in headline.items()))
         if r.get("error"):
-            figures = f"**{_cell(r['error'])}** " + figures
+            figures = f"**{cell(r['error'])}** " + figures
         lines.append(f"| {name} | {r.get('status')} | {r.get('seconds', '')} | {figures} |")
     if report.get("verdicts"):
-        lines += ["", "## Targets", "", *_table(report["verdicts"])]
+        rows = [{k: v for k, v in row.items() if k != "met"} for row in report["verdicts"]]
+        lines += ["", "## Targets", "", *_table(rows)]
     for name, r in report["sections"].items():
         tables = r.get("results", {}).get("tables", {})
         for title, rows in tables.items():
@@ -135,12 +136,12 @@ def _table(rows: list[dict]) -> list[str]:
     if not rows:
         return ["(none)"]
     keys = list(rows[0])
-    out = ["| " + " | ".join(map(_cell, keys)) + " |", "|" + " --- |" * len(keys)]
-    out += ["| " + " | ".join(_cell(row.get(k)) for k in keys) + " |" for row in rows]
+    out = ["| " + " | ".join(map(cell, keys)) + " |", "|" + " --- |" * len(keys)]
+    out += ["| " + " | ".join(cell(row.get(k)) for k in keys) + " |" for row in rows]
     return out
 
 
-def _cell(value) -> str:
+def cell(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -189,13 +190,13 @@ def time_steps(
 
 
 def run_command(
-    argv: list[str], *, timeout: float, log: Path, env: dict | None = None, grace: float = 40.0
+    argv: list[str], *, timeout: float, log: Path, env: dict | None = None, grace: float = 15.0
 ) -> tuple[int, str]:
     """Run `argv` in its own process group, its output going to `log` as it comes (so a hang
     still leaves its story); returns (exit status, output), status 124 after a timeout. On a
-    timeout or an exception (the section's alarm, which propagates) the group gets SIGTERM
-    first: torchrun starts its workers in sessions of their own and stops them on SIGTERM.
-    Whatever is left after a grace period is killed."""
+    timeout or an exception (the section's alarm, which then propagates) the process and all it
+    started are stopped: torchrun starts its workers in sessions of their own, so the group
+    gets SIGTERM (torchrun stops its workers on it), then whatever is left gets SIGKILL."""
     with open(log, "w") as sink:
         proc = subprocess.Popen(
             argv,
@@ -205,32 +206,43 @@ def run_command(
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,
         )
+        timed_out = False
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _stop(proc, grace)
+            timed_out = True
+        finally:
+            if proc.poll() is None:
+                _stop(proc, grace)
+        if timed_out:
             print(f"\n[bench/gpu.py: stopped after {timeout:.0f} s]", file=sink, flush=True)
-            return 124, Path(log).read_text(errors="replace")
-        except BaseException:
-            _stop(proc, grace)
-            raise
-    return proc.returncode, Path(log).read_text(errors="replace")
+    return 124 if timed_out else proc.returncode, Path(log).read_text(errors="replace")
 
 
 def _stop(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM to the group, then (after `grace`; torchrun gives its workers 30 s) SIGKILL to the
-    group and to every descendant seen at the start, wherever its session."""
+    """SIGTERM to the group, then (after `grace`) SIGKILL to the group and to every descendant
+    seen at the start that still lives, wherever its session. The section's alarm, should it
+    ring meanwhile, is held back until this is done, so that it cannot cut the stop short.
+    (Blocking SIGALRM would not do: the kernel hands it to any of torch's threads.)"""
     family = _descendants(proc.pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    rang: list[int] = []
+    handler = signal.signal(signal.SIGALRM, lambda signum, frame: rang.append(signum))
+    try:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        for pid in family if sig == signal.SIGKILL else ():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+            os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-            if not any(_alive(pid) for pid in family):
-                return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in family:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        signal.signal(signal.SIGALRM, handler)
+        if rang and callable(handler):
+            handler(signal.SIGALRM, None)
 
 
 def _descendants(root: int) -> list[int]:

@@ -204,8 +204,8 @@ def torchrun(ctx: Context, results: Results) -> None:
         argv = (
             launcher + ["-m", "gpt124m"] + _train_argv(ctx, data, out, parallel=parallel, **flags)
         )
-        # A hung run (NCCL) leaves time for the next one, and for stopping it (40 s at most).
-        timeout = max((ctx.seconds_left() - 40 * (len(runs) - i)) / (len(runs) - i), 10)
+        # A hung run (NCCL) leaves time for the next one and for being stopped (15 s grace).
+        timeout = max((ctx.seconds_left() - 15) / (len(runs) - i), 10)
         code, output = run_command(
             argv,
             timeout=min(timeout, 240),

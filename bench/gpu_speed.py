@@ -81,18 +81,12 @@ def throughput(ctx: Context, results: Results) -> None:
     rates, failed = {}, {}
     for impl in ("gpt124m", "transformers"):
         for compiled in (False, True):
-            torch.manual_seed(0)
-            if impl == "gpt124m":
-                model = GPT(config).to(device).train()
-                run = _compile(model, ctx) if compiled else model
-                forward = lambda run=run: run(inputs, targets)[1]  # noqa: E731
-            else:
-                model = transformers_gpt2(config).to(device).train()
-                run = _compile(model, ctx) if compiled else model
-                forward = lambda run=run: run(inputs, labels=inputs).loss  # noqa: E731
             name = impl + (" + compile" if compiled else "")
             ctx.say(f"throughput: {name}")
-            try:  # one configuration failing (a compile error) leaves the others' figures
+            model = forward = None
+            try:  # one configuration failing (out of memory, a compile error) leaves the others
+                torch.manual_seed(0)
+                model, forward = _configuration(impl, compiled, config, inputs, targets, ctx)
                 t = time_steps(
                     training_step(model, forward, device, dtype),
                     device,
@@ -105,7 +99,7 @@ def throughput(ctx: Context, results: Results) -> None:
                 results["failed"] = failed
                 continue
             finally:
-                del model, run, forward
+                del model, forward
                 ctx.cleanup_device()
             rate = tokens / t["step_s"]
             rates[name] = rate
@@ -135,6 +129,17 @@ def throughput(ctx: Context, results: Results) -> None:
     )
     if failed:
         raise RuntimeError("; ".join(f"{name}: {error}" for name, error in failed.items()))
+
+
+def _configuration(impl, compiled, config, inputs, targets, ctx: Context):
+    """(model, forward) of one row: ours or transformers' GPT-2, eager or compiled."""
+    if impl == "gpt124m":
+        model = GPT(config).to(ctx.device).train()
+        run = _compile(model, ctx) if compiled else model
+        return model, lambda: run(inputs, targets)[1]
+    model = transformers_gpt2(config).to(ctx.device).train()
+    run = _compile(model, ctx) if compiled else model
+    return model, lambda: run(inputs, labels=inputs).loss
 
 
 def flash_attention_runs(config, inputs, targets, device, dtype) -> bool | str:

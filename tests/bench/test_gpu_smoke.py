@@ -119,6 +119,7 @@ time.sleep(600)
 
 def test_a_timed_out_command_is_stopped_with_the_workers_it_started(tmp_path):
     import os
+    import signal
     import time
 
     sys.path.insert(0, str(SCRIPT.parent))
@@ -128,17 +129,81 @@ def test_a_timed_out_command_is_stopped_with_the_workers_it_started(tmp_path):
         sys.path.remove(str(SCRIPT.parent))
     log = tmp_path / "launcher.log"
     start = time.monotonic()
-    code, output = run_command([sys.executable, "-c", LAUNCHER], timeout=3, log=log, grace=2)
-    assert code == 124 and "stopped after 3 s" in output, output
+    code, output = run_command([sys.executable, "-c", LAUNCHER], timeout=5, log=log, grace=2)
+    assert code == 124 and "stopped after 5 s" in output, output
     assert time.monotonic() - start < 30
+    assert "worker " in output, output  # the launcher got as far as starting it
     worker = int(output.split("worker ")[1].split()[0])
-    for _ in range(50):  # the kill is delivered at once; reaping by init can lag a little
+
+    def dead() -> bool:
         try:
             os.kill(worker, 0)
-        except ProcessLookupError:
+            state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        return state == "Z"  # a zombie waiting for init to reap it
+
+    try:
+        for _ in range(50):  # the kill is delivered at once; reaping can lag a little
+            if dead():
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"worker {worker} outlived its launcher")
+    finally:
+        if not dead():
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_the_sections_alarm_during_a_stop_waits_for_it_to_finish(tmp_path):
+    """A launcher that ignores SIGTERM, and the section's alarm firing during the grace period:
+    the stop still ends with SIGKILL for the launcher and its worker, then the alarm is raised."""
+    import os
+    import signal
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from gpu_common import run_command
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+    class Alarm(BaseException):
+        pass
+
+    def ring(signum, frame):
+        raise Alarm
+
+    stubborn = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + LAUNCHER
+    log = tmp_path / "launcher.log"
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(3)  # during the 4 s grace that follows the 1 s timeout
+    try:
+        with pytest.raises(Alarm):
+            run_command([sys.executable, "-c", stubborn], timeout=1, log=log, grace=4)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    output = log.read_text()
+    assert "worker " in output, output
+    worker = int(output.split("worker ")[1].split()[0])
+    launcher_gone = worker_gone = False
+    for _ in range(50):
+        launcher_gone = not any(
+            "signal.SIG_IGN" in p.read_text(errors="replace")
+            for p in Path("/proc").glob("[0-9]*/cmdline")
+            if p.exists()
+        )
+        try:
+            os.kill(worker, 0)
+            state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            worker_gone = state == "Z"
+        except (ProcessLookupError, FileNotFoundError):
+            worker_gone = True
+        if launcher_gone and worker_gone:
             break
-        if Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z":
-            break  # a zombie waiting for init: dead
+        import time
+
         time.sleep(0.1)
-    else:
-        raise AssertionError(f"worker {worker} outlived its launcher")
+    if not worker_gone:
+        os.kill(worker, signal.SIGKILL)
+    assert launcher_gone and worker_gone
