@@ -221,7 +221,7 @@ def run_command(
 
 def _stop(proc: subprocess.Popen, grace: float) -> None:
     """SIGTERM to the group, then (after `grace`) SIGKILL to the group and to every descendant
-    seen at the start that still lives, wherever its session. The section's alarm, should it
+    seen at the start, wherever its session. The section's alarm, should it
     ring meanwhile, is held back until this is done, so that it cannot cut the stop short.
     (Blocking SIGALRM would not do: the kernel hands it to any of torch's threads.)"""
     family = _descendants(proc.pid)
@@ -235,9 +235,8 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         for pid in family:
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
     finally:
         signal.signal(signal.SIGALRM, handler)
@@ -260,16 +259,6 @@ def _descendants(root: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def gpt124m_cli() -> list[str]:

@@ -66,8 +66,8 @@ def test_sum_reduction_equals_torch_sum_and_all_ignored_sums_to_zero():
     ref, ref_grad = _value_and_grad(torch_sum, logits, targets, 50)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(our_grad, ref_grad, rtol=8e-3, atol=1e-5)
-    none, _ = _case(ignored=1.1)
-    assert cross_entropy(none, _case(ignored=1.1)[1], reduction="sum") == 0
+    none, all_ignored = _case(ignored=1.1)
+    assert cross_entropy(none, all_ignored, reduction="sum") == 0
     with pytest.raises(ValueError, match="reduction"):
         cross_entropy(logits, targets, reduction="none")
 

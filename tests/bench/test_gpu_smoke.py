@@ -2,8 +2,11 @@
 and a failing section is recorded while the others still run."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,63 +112,61 @@ def test_a_section_out_of_time_stops_as_a_timeout(tmp_path):
 # A stand-in for torchrun: it starts its worker in a session of its own (as torchrun does), so
 # killing torchrun's process group alone would leave the worker holding the GPU.
 LAUNCHER = """
-import subprocess, sys, time
+import os, subprocess, sys, time
 worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
                           start_new_session=True)
-print("worker", worker.pid, flush=True)
+print("launcher", os.getpid(), "worker", worker.pid, flush=True)
 time.sleep(600)
 """
 
 
-def test_a_timed_out_command_is_stopped_with_the_workers_it_started(tmp_path):
-    import os
-    import signal
-    import time
-
+def run_command(*args, **kwargs):
+    """bench/gpu_common.run_command (bench/ is scripts, not a package)."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         from gpu_common import run_command
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    log = tmp_path / "launcher.log"
-    start = time.monotonic()
-    code, output = run_command([sys.executable, "-c", LAUNCHER], timeout=5, log=log, grace=2)
-    assert code == 124 and "stopped after 5 s" in output, output
-    assert time.monotonic() - start < 30
-    assert "worker " in output, output  # the launcher got as far as starting it
-    worker = int(output.split("worker ")[1].split()[0])
+    return run_command(*args, **kwargs)
 
-    def dead() -> bool:
+
+def pids(output: str) -> tuple[int, int]:
+    """The launcher's and its worker's process ids, as the launcher printed them."""
+    assert "worker " in output, output  # the launcher got as far as starting it
+    words = output.split("launcher ")[1].split()
+    return int(words[0]), int(words[2])
+
+
+def gone(pid: int) -> bool:
+    """Dead within 5 s (the kill is delivered at once; reaping by init can lag a little), or
+    killed here so that a failing test leaves nothing behind."""
+    for _ in range(50):
         try:
-            os.kill(worker, 0)
-            state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (ProcessLookupError, FileNotFoundError):
             return True
-        return state == "Z"  # a zombie waiting for init to reap it
+        if state == "Z":  # a zombie waiting for its parent or init to reap it
+            return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    return False
 
-    try:
-        for _ in range(50):  # the kill is delivered at once; reaping can lag a little
-            if dead():
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"worker {worker} outlived its launcher")
-    finally:
-        if not dead():
-            os.kill(worker, signal.SIGKILL)
+
+def test_a_timed_out_command_is_stopped_with_the_workers_it_started(tmp_path):
+    start = time.monotonic()
+    code, output = run_command(
+        [sys.executable, "-c", LAUNCHER], timeout=5, log=tmp_path / "launcher.log", grace=2
+    )
+    assert code == 124 and "stopped after 5 s" in output, output
+    assert time.monotonic() - start < 30
+    launcher, worker = pids(output)
+    assert [gone(launcher), gone(worker)] == [True, True]  # both checked: none left behind
 
 
 def test_the_sections_alarm_during_a_stop_waits_for_it_to_finish(tmp_path):
     """A launcher that ignores SIGTERM, and the section's alarm firing during the grace period:
     the stop still ends with SIGKILL for the launcher and its worker, then the alarm is raised."""
-    import os
-    import signal
-
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from gpu_common import run_command
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
 
     class Alarm(BaseException):
         pass
@@ -183,27 +184,5 @@ def test_the_sections_alarm_during_a_stop_waits_for_it_to_finish(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-    output = log.read_text()
-    assert "worker " in output, output
-    worker = int(output.split("worker ")[1].split()[0])
-    launcher_gone = worker_gone = False
-    for _ in range(50):
-        launcher_gone = not any(
-            "signal.SIG_IGN" in p.read_text(errors="replace")
-            for p in Path("/proc").glob("[0-9]*/cmdline")
-            if p.exists()
-        )
-        try:
-            os.kill(worker, 0)
-            state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            worker_gone = state == "Z"
-        except (ProcessLookupError, FileNotFoundError):
-            worker_gone = True
-        if launcher_gone and worker_gone:
-            break
-        import time
-
-        time.sleep(0.1)
-    if not worker_gone:
-        os.kill(worker, signal.SIGKILL)
-    assert launcher_gone and worker_gone
+    launcher, worker = pids(log.read_text())
+    assert [gone(launcher), gone(worker)] == [True, True]  # both checked: none left behind
