@@ -9,7 +9,8 @@ runs; each has a time budget, and the whole run a deadline, --budget):
 1. correct_tiny   the `tiny` preset, 10 fp32 training steps on CUDA against the same on CPU
 2. throughput     `gpt2`, T=1024, B=32, bf16: tokens/s, MFU (datasheet and measured matmul peak)
                   and peak memory, eager and compiled, ours and transformers' GPT2LMHeadModel,
-                  the trainer's own loop (`fit`, compiled), and whether flash attention runs
+                  the trainer's own loop (`fit`, compiled), whether flash attention runs, and
+                  where each compiled step's time goes (kernels by kind, the largest by name)
 3. correct_text   `gpt2`, 50 bf16 steps on the bundled corpus (prepared on the spot) with
                   --micro-batch-size auto: the loss falls; resuming from the step-25 checkpoint
                   continues the curve

@@ -7,6 +7,7 @@ import time
 import torch
 from _baseline import transformers_gpt2
 from gpu_common import Context, RandomBatches, Results, add_row, sync, time_steps, train_records
+from gpu_profile import kernel_time
 
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
 from gpt124m.device import autocast as autocast_context
@@ -18,6 +19,9 @@ from gpt124m.train.optim import build_adamw
 from gpt124m.train.trainer import fit
 
 BATCH_TOKENS_OF_THE_SEED = 589_824  # gpt124m-fineweb-edu: 576 sequences of 1024 per step
+# Profiling a configuration only while this much of the section is left, so that it never costs
+# the fit() loop (the headline figure, timed last) its time.
+PROFILE_RESERVE_S = 75
 
 
 def shapes(ctx: Context) -> dict:
@@ -83,23 +87,26 @@ def throughput(ctx: Context, results: Results) -> None:
         for compiled in (False, True):
             name = impl + (" + compile" if compiled else "")
             ctx.say(f"throughput: {name}")
-            model = forward = None
+            model = forward = step = None
             try:  # one configuration failing (out of memory, a compile error) leaves the others
                 torch.manual_seed(0)
                 model, forward = _configuration(impl, compiled, config, inputs, targets, ctx)
+                step = training_step(model, forward, device, dtype)
                 t = time_steps(
-                    training_step(model, forward, device, dtype),
+                    step,
                     device,
                     warmup=s["warmup"],
                     windows=s["windows"],
                     per_window=s["per_window"],
                 )
+                if compiled and ctx.seconds_left() > PROFILE_RESERVE_S:
+                    profiled(results, name, step, device)
             except Exception as e:
                 failed[name] = f"{type(e).__name__}: {str(e)[:300]}"
                 results["failed"] = failed
                 continue
             finally:
-                del model, forward
+                del model, forward, step
                 ctx.cleanup_device()
             rate = tokens / t["step_s"]
             rates[name] = rate
@@ -140,6 +147,28 @@ def _configuration(impl, compiled, config, inputs, targets, ctx: Context):
     model = transformers_gpt2(config).to(ctx.device).train()
     run = _compile(model, ctx) if compiled else model
     return model, lambda: run(inputs, labels=inputs).loss
+
+
+def profiled(results: Results, name: str, step, device: torch.device) -> None:
+    """The kernel-time breakdown of a warm configuration; a profiler failure is recorded, and
+    costs the configuration nothing."""
+    try:
+        profile = kernel_time(step, device)
+    except Exception as e:
+        results["profile_failed"] = {**results.get("profile_failed", {}), name: repr(e)[:300]}
+        return
+    if profile["device_busy"] is not None:
+        results["device_busy"] = {**results.get("device_busy", {}), name: profile["device_busy"]}
+    shares = ", ".join(f"{r['kind']} {r['share']:.0%}" for r in profile["kinds"][:4])
+    busy = profile["device_busy"]
+    results.headline(
+        f"time by kind, {name}", shares + ("" if busy is None else f"; device busy {busy:.0%}")
+    )
+    results["tables"] = {
+        **results.get("tables", {}),
+        f"time by kind: {name}": profile["kinds"],
+        f"largest kernels: {name}": profile["top"],
+    }
 
 
 def flash_attention_runs(config, inputs, targets, device, dtype) -> bool | str:

@@ -66,6 +66,11 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
     ]  # fmt: skip
     assert all(r["tokens/s"] > 0 for r in rows)
     assert sections["throughput"]["results"]["flash_attention"] is True
+    # each compiled configuration's step broken down by kind of kernel (operator, on the CPU)
+    for name in ("gpt124m + compile", "transformers + compile"):
+        kinds = {r["kind"]: r["share"] for r in table("throughput", f"time by kind: {name}")}
+        assert kinds["matmul"] > 0 and sum(kinds.values()) == pytest.approx(1.0), kinds
+        assert table("throughput", f"largest kernels: {name}")
     # each target is judged on the figure its section measured (missed here: a CPU, tiny shapes)
     verdicts = {v["target"]: v for v in report["verdicts"]}
     fit_row = next(r for r in rows if r["implementation"] == "gpt124m fit() loop")

@@ -1,0 +1,82 @@
+"""bench/gpu.py's throughput section: where a training step's time goes, by kind of kernel.
+
+Device time is scarce, so the one GPU run should say not only how fast a step is but why: the
+share of matrix multiplies, attention, Inductor's fused kernels, the optimizer and copies, the
+largest kernels by name (which also shows which SDPA backend and which GEMM library ran), and how
+busy the device was (a step whose kernels leave the GPU idle is bound by the host, not by math).
+On the CPU (the smoke run) the same tables are built from the aten operators' own time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+# (kind, what a lower-cased kernel or operator name contains); the first match wins, so the
+# order matters: "fmha_cutlass..." is attention, not a GEMM; "triton_per_fused__to_copy..." is
+# one of Inductor's fused kernels, not a copy; "triton_tem_fused_mm..." is an Inductor GEMM.
+KINDS = (
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("matmul", ("triton_tem", "gemm", "gemv", "xmma", "nvjet", "cutlass", "cublas", "aten::mm",
+                "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    ("fused elementwise (Inductor)", ("triton_",)),
+    ("optimizer and clipping", ("adam", "multi_tensor", "_foreach", "vector_norm", "optimizer.")),
+    ("copy and fill", ("memcpy", "memset", "copy", "fill", "zero_")),
+)  # fmt: skip
+OTHER = "other"
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, needles in KINDS:
+        if any(n in low for n in needles):
+            return kind
+    return OTHER
+
+
+def kernel_time(step: Callable[[], None], device: torch.device, *, steps: int = 2) -> dict:
+    """Profile `steps` calls of an already warm `step`: per-step milliseconds by kind and of the
+    largest kernels, and the device's busy share of the wall time (CUDA only; profiling itself
+    adds some host time, so this is a lower bound)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        wall_ms = (time.perf_counter() - start) * 1000 / steps
+    # On CUDA the kernels themselves (no double counting with the operators that launched them);
+    # on the CPU each operator's self time, which adds up to the time spent in operators.
+    if cuda:
+        events = [(e.key, e.count, e.self_device_time_total) for e in prof.key_averages()
+                  if e.device_type == DeviceType.CUDA]  # fmt: skip
+    else:
+        events = [(e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages()]
+    events = [(name, count, us / 1000 / steps) for name, count, us in events if us > 0]
+    total = sum(ms for _, _, ms in events)
+    by_kind: dict[str, float] = {}
+    for name, _, ms in events:
+        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + ms
+    kinds = [
+        {"kind": kind, "ms per step": ms, "share": ms / total}
+        for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1])
+    ]
+    top = [
+        {"kernel" if cuda else "operator": name[:100], "kind": kind_of(name),
+         "calls per step": count / steps, "ms per step": ms, "share": ms / total}
+        for name, count, ms in sorted(events, key=lambda e: -e[2])[:12]
+    ]  # fmt: skip
+    return {
+        "wall_ms_per_step": wall_ms,
+        "measured_ms_per_step": total,
+        "device_busy": total / wall_ms if cuda else None,
+        "kinds": kinds,
+        "top": top,
+    }
