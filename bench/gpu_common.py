@@ -277,7 +277,7 @@ class RandomBatches:
     def next_batch(self):
         b = self.data[self.i % len(self.data)]
         self.i += 1
-        return b[:, :-1], b[:, 1:]
+        return b[:, :-1].contiguous(), b[:, 1:].contiguous()  # as the real loader's batches
 
     def state_dict(self):
         return {"i": self.i}

@@ -36,6 +36,28 @@ def test_cpu_batches_stay_as_they_are():
     assert torch.equal(to_device(x[:, 1:], torch.device("cpu")), x[:, 1:])
 
 
+def test_batches_go_to_cuda_pinned_contiguous_and_without_waiting(monkeypatch):
+    """What the CUDA path hands to the copy (this CPU build can pin nothing, so the two tensor
+    methods record instead): a view such as `ids[:, :-1]` is pinned as a contiguous tensor, and
+    the copy does not block the host."""
+    calls = []
+
+    def pin_memory(self):
+        calls.append(("pin_memory", self.is_contiguous()))
+        return self.clone()
+
+    def to(self, device, non_blocking=False):
+        calls.append(("to", str(device), non_blocking))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    ids = torch.arange(12).view(3, 4)
+    out = to_device(ids[:, :-1], torch.device("cuda", 0))
+    assert calls == [("pin_memory", True), ("to", "cuda:0", True)]
+    assert torch.equal(out, ids[:, :-1])
+
+
 def test_out_of_memory_is_told_apart_from_other_errors():
     assert is_out_of_memory(OOM("CUDA out of memory. Tried to allocate 20.00 GiB"))
     assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))

@@ -89,9 +89,11 @@ def use_tf32(device: torch.device) -> bool:
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy a CPU batch to `device`; to CUDA through pinned memory, so the copy is asynchronous
-    and the host goes on queueing work instead of waiting for it."""
+    and the host goes on queueing work instead of waiting for it. A view (`ids[:, :-1]`) is made
+    contiguous first: a strided host-to-device copy may go through a pageable temporary, which
+    makes the host wait."""
     if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
+        return t.contiguous().pin_memory().to(device, non_blocking=True)
     return t.to(device)
 
 
