@@ -235,8 +235,9 @@ def generate_text(
     encoded = [tokenizer.encode(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     for tokens, finished in decode_steps(model, encoded, cfg):
-        for i, t in enumerate(tokens.tolist()):
-            if finished[i] or t == cfg.eos_token_id:
+        # One read of each per step: indexing a GPU tensor row by row would wait for it B times.
+        for i, (t, done) in enumerate(zip(tokens.tolist(), finished.tolist(), strict=True)):
+            if done or t == cfg.eos_token_id:
                 continue
             new[i].append(t)
             if cfg.stop and _stop_index(tokenizer.decode(new[i]), cfg.stop) is not None:
