@@ -9,18 +9,22 @@ runs; each has a time budget, and the whole run a deadline, --budget):
 1. correct_tiny   the `tiny` preset, 10 fp32 training steps on CUDA against the same on CPU
 2. throughput     `gpt2`, T=1024, B=32, bf16: tokens/s, MFU (datasheet and measured matmul peak)
                   and peak memory, eager and compiled, ours and transformers' GPT2LMHeadModel,
-                  the trainer's own loop (`fit`, compiled), whether flash attention runs, and
+                  the trainer's own loop (`fit`, compiled), the attention kernel SDPA picks, and
                   where each compiled step's time goes (kernels by kind, the largest by name)
-3. correct_text   `gpt2`, 50 bf16 steps on the bundled corpus (prepared on the spot) with
+3. hellaswag      scoring items/s under both conventions, projected to all 10,042 items
+4. correct_text   `gpt2`, 50 bf16 steps on the bundled corpus (prepared on the spot) with
                   --micro-batch-size auto: the loss falls; resuming from the step-25 checkpoint
                   continues the curve
-4. torchrun       `torchrun --nproc_per_node 1` (NCCL) under DDP and FSDP2, against one process
-5. card_24gb      the process capped at a 24 GB card: the micro-batch auto picks, tokens/s there
-6. loss           the training loss on 32 x 1024 bf16 logits: memory and time of gpt124m's
+5. torchrun       `torchrun --nproc_per_node 1` (NCCL) under DDP and FSDP2, against one process
+6. card_24gb      the process capped at a 24 GB card: the micro-batch auto picks, tokens/s there
+7. loss           the training loss on 32 x 1024 bf16 logits: memory and time of gpt124m's
                   blockwise cross-entropy against F.cross_entropy on an fp32 copy, eager, and
                   of the latter compiled (what gpt124m's loss is under torch.compile)
-7. hellaswag      scoring items/s under both conventions, projected to all 10,042 items
 8. decode         greedy decode tokens/s at batch 1, 8, 64 against transformers' `generate`
+
+Before them, on CUDA, one tiny function goes through torch.compile (Inductor and Triton need a
+C compiler, Python's headers and libcuda there): its result heads the report, so that failed
+compiled rows are explained at a glance.
 
 Results go to OUT/gpu.json and OUT/gpu.md after every figure, so a timeout keeps what was done;
 each carries the date, device, torch version and command line. Exit status 1 if any section
@@ -49,14 +53,16 @@ from gpu_common import Context, cell, device_name  # noqa: E402
 
 # In running order: the headline figures (throughput) right after the first proof that training
 # on CUDA is right, so that a run cut short still has them.
+# HellaSwag (a target, ~15 s) before the longer checks, so that a slow throughput section cannot
+# push it past the run's deadline.
 SECTIONS = {  # name: (module, function, budget in seconds on the GPU)
     "correct_tiny": ("gpu_correct", "correct_tiny", 45),
     "throughput": ("gpu_speed", "throughput", 200),
+    "hellaswag": ("gpu_infer", "hellaswag", 45),
     "correct_text": ("gpu_correct", "correct_text", 100),
     "torchrun": ("gpu_correct", "torchrun", 120),
     "card_24gb": ("gpu_speed", "card_24gb", 60),
     "loss": ("loss", "section", 45),
-    "hellaswag": ("gpu_infer", "hellaswag", 45),
     "decode": ("gpu_infer", "decode", 60),
 }
 # The issue's targets: (section, figure in its results, at least or at most, wanted).
@@ -158,6 +164,18 @@ def meta(args: argparse.Namespace, device: torch.device) -> dict:
     }
 
 
+def inductor_check(device: torch.device) -> str:
+    """'ok' if a small function compiles with Inductor and computes what eager does here, else
+    the error."""
+    try:
+        x = torch.randn(1000, device=device)
+        got = torch.compile(lambda t: (t.sin() * 2 + 1).sum())(x)
+        want = (x.sin() * 2 + 1).sum()
+        return "ok" if torch.allclose(got, want, rtol=1e-4, atol=1e-3) else f"wrong: {got} {want}"
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e)[:300]}"
+
+
 def summary_lines(report: dict) -> list[str]:
     lines = []
     for name, record in report["sections"].items():
@@ -211,6 +229,9 @@ def main() -> int:
     )
     ctx.say(f"{report['meta']['device']}, torch {torch.__version__}; results in {out}")
     ctx.cleanup_device()
+    if device.type == "cuda":
+        report["meta"]["inductor"] = inductor_check(device)
+        ctx.say(f"torch.compile (Inductor, Triton) on this GPU: {report['meta']['inductor']}")
     ctx.save()
     for name in args.sections:
         budget = args.section_budget or SECTIONS[name][2] * (3 if args.smoke else 1)

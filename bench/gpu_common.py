@@ -112,6 +112,11 @@ def markdown(report: dict) -> str:
         f"- device: {m['device']}; torch {m['torch']} (CUDA {m['cuda']}); "
         f"transformers {m['transformers']}; Python {m['python']}",
         f"- command: `{m['command']}`" + (" (smoke: CPU, tiny shapes)" if m["smoke"] else ""),
+        *(
+            [f"- torch.compile of a small function on this GPU: {m['inductor']}"]
+            if "inductor" in m
+            else []
+        ),
         "",
         "| section | status | seconds | figures |",
         "| --- | --- | ---: | --- |",

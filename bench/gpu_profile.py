@@ -36,6 +36,20 @@ def kind_of(name: str) -> str:
     return OTHER
 
 
+def timed_events(averages, cuda: bool, cuda_type) -> list[tuple[str, int, float]]:
+    """(name, calls, microseconds) of what ran. On CUDA the kernels, memcpys and memsets
+    themselves: not the operators that launched them, nor the labelled regions (a compiled graph's
+    call, `Optimizer.step`) the profiler also reports as CUDA events spanning their kernels, either
+    of which would count the same time twice. On the CPU each operator's self time, which adds up
+    to the time spent in operators."""
+    if cuda:
+        rows = [(e.key, e.count, e.self_device_time_total) for e in averages
+                if e.device_type == cuda_type and not getattr(e, "is_user_annotation", False)]  # fmt: skip
+    else:
+        rows = [(e.key, e.count, e.self_cpu_time_total) for e in averages]
+    return [row for row in rows if row[2] > 0]
+
+
 def kernel_time(step: Callable[[], None], device: torch.device, *, steps: int = 2) -> dict:
     """Profile `steps` calls of an already warm `step`: per-step milliseconds by kind and of the
     largest kernels, and the device's busy share of the wall time (CUDA only; profiling itself
@@ -52,14 +66,10 @@ def kernel_time(step: Callable[[], None], device: torch.device, *, steps: int = 
         if cuda:
             torch.cuda.synchronize(device)
         wall_ms = (time.perf_counter() - start) * 1000 / steps
-    # On CUDA the kernels themselves (no double counting with the operators that launched them);
-    # on the CPU each operator's self time, which adds up to the time spent in operators.
-    if cuda:
-        events = [(e.key, e.count, e.self_device_time_total) for e in prof.key_averages()
-                  if e.device_type == DeviceType.CUDA]  # fmt: skip
-    else:
-        events = [(e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages()]
-    events = [(name, count, us / 1000 / steps) for name, count, us in events if us > 0]
+    events = timed_events(prof.key_averages(), cuda, DeviceType.CUDA)
+    if cuda and not events:  # CUPTI did not start (it may not under a sandboxed runtime)
+        raise RuntimeError("the profiler recorded no CUDA kernels")
+    events = [(name, count, us / 1000 / steps) for name, count, us in events]
     total = sum(ms for _, _, ms in events)
     by_kind: dict[str, float] = {}
     for name, _, ms in events:

@@ -81,7 +81,9 @@ def throughput(ctx: Context, results: Results) -> None:
     # which fit() below can then reuse) depends on the strides.
     inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
     results["flash_attention"] = flash_attention_runs(config, inputs, targets, device, dtype)
-    results.headline("training attention runs on the flash kernel", results["flash_attention"])
+    results.headline("training attention can run on the flash kernel", results["flash_attention"])
+    results["attention_backend"] = sdpa_choice(config, s["batch"], s["seq"], device, dtype)
+    results.headline("SDPA's own choice for training attention", results["attention_backend"])
     rates, failed = {}, {}
     for impl in ("gpt124m", "transformers"):
         for compiled in (False, True):
@@ -184,6 +186,21 @@ def flash_attention_runs(config, inputs, targets, device, dtype) -> bool | str:
         return True
     except RuntimeError as e:
         return f"no: {str(e).splitlines()[0][:200]}"
+
+
+def sdpa_choice(config, batch: int, seq: int, device, dtype) -> str:
+    """The kernel SDPA picks by default for the models' causal training attention: q, k and v
+    split from one fused projection, as both models make them (on Hopper, recent torch prefers
+    cuDNN's attention to flash for that layout). The profile's attention kernels confirm it."""
+    from torch.nn.attention import SDPBackend
+
+    c, h = config.n_embd, config.n_head
+    qkv = torch.randn(batch, seq, 3 * c, device=device, dtype=dtype)
+    q, k, v = (t.view(batch, seq, h, c // h).transpose(1, 2) for t in qkv.split(c, dim=2))
+    try:
+        return SDPBackend(torch._fused_sdp_choice(q, k, v, is_causal=True)).name.lower()
+    except (AttributeError, RuntimeError, ValueError) as e:  # a private function: may change
+        return f"unknown ({type(e).__name__})"
 
 
 def _row(name, t, rate, fpt, datasheet, measured) -> dict:

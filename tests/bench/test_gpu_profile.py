@@ -78,3 +78,34 @@ def test_a_step_is_broken_down_by_kind_and_adds_up(gpu_profile):
     assert mm["calls per step"] == 2  # two matmuls a step, over three profiled steps
     assert profile["measured_ms_per_step"] <= profile["wall_ms_per_step"] * 1.05
     assert profile["device_busy"] is None  # a CUDA-only figure
+
+
+def test_on_cuda_only_kernels_count_once(gpu_profile):
+    """What torch.profiler reports as CUDA events on a GPU: the kernels, and also labelled regions
+    spanning them (a compiled graph's call, `Optimizer.step`) as user annotations; the operators
+    that launched the kernels are CPU events carrying the same device time. Only the kernels count.
+    (Events built here: the CPU box records no CUDA ones.)"""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(key, device_type, us, annotation=False):
+        return SimpleNamespace(key=key, count=2, device_type=device_type,
+                               self_device_time_total=us, self_cpu_time_total=5.0,
+                               is_user_annotation=annotation)  # fmt: skip
+
+    averages = [
+        event("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", DeviceType.CUDA, 700.0),
+        event("triton_per_fused_native_layer_norm_0", DeviceType.CUDA, 300.0),
+        event("## Call CompiledFxGraph fabc ##", DeviceType.CUDA, 1000.0, annotation=True),
+        event("Optimizer.step#AdamW.step", DeviceType.CUDA, 90.0, annotation=True),
+        event("aten::mm", DeviceType.CPU, 700.0),  # the launching operator
+        event("Memset (Device)", DeviceType.CUDA, 0.0),  # nothing measured: left out
+    ]
+    rows = gpu_profile.timed_events(averages, True, DeviceType.CUDA)
+    assert rows == [
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 2, 700.0),
+        ("triton_per_fused_native_layer_norm_0", 2, 300.0),
+    ]
+    # on the CPU every operator's own time, labelled regions included
+    assert len(gpu_profile.timed_events(averages, False, DeviceType.CUDA)) == len(averages)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import needs_compiler
+
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
 
 
@@ -66,6 +68,7 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
     ]  # fmt: skip
     assert all(r["tokens/s"] > 0 for r in rows)
     assert sections["throughput"]["results"]["flash_attention"] is True
+    assert sections["throughput"]["results"]["attention_backend"] == "flash_attention"  # on CPU
     # each compiled configuration's step broken down by kind of kernel (operator, on the CPU)
     for name in ("gpt124m + compile", "transformers + compile"):
         kinds = {r["kind"]: r["share"] for r in table("throughput", f"time by kind: {name}")}
@@ -191,3 +194,29 @@ def test_the_sections_alarm_during_a_stop_waits_for_it_to_finish(tmp_path):
         signal.signal(signal.SIGALRM, previous)
     launcher, worker = pids(log.read_text())
     assert [gone(launcher), gone(worker)] == [True, True]  # both checked: none left behind
+
+
+def bench_module(name: str):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_the_compile_check_passes_where_inductor_works_and_names_the_error_where_not(
+    tmp_path, monkeypatch
+):
+    """The check that heads a GPU report (run here on the CPU, where Inductor builds C++)."""
+    import torch
+
+    gpu = bench_module("gpu")
+    assert gpu.inductor_check(torch.device("cpu")) == "ok"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert gpu.inductor_check(torch.device("cpu")).startswith("RuntimeError: Failed to find C")
