@@ -43,6 +43,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def copy_bandwidth(device: torch.device) -> float:
+    """The best bytes/s (read plus written) of a large device-to-device copy: the memory ceiling
+    that memory-bound work (decode at small batch, elementwise kernels) is judged against."""
+    n = (1 << 30) if device.type == "cuda" else (64 << 20)  # bytes
+    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=device)  # not zeros
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(8):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(4):
+            dst.copy_(src)
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / 4)
+    return 2 * n / best
+
+
 class Results(dict):
     """A section's figures: every assignment is written to disk at once."""
 

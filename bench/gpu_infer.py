@@ -6,7 +6,7 @@ import time
 
 import torch
 from _baseline import transformers_gpt2
-from gpu_common import Context, Results, add_row, sync
+from gpu_common import Context, Results, add_row, copy_bandwidth, sync
 
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
 from gpt124m.generate import GenerationConfig, generate
@@ -99,6 +99,11 @@ def decode(ctx: Context, results: Results) -> None:
     config = get_preset("tiny" if ctx.smoke else "gpt2")
     prompt_len, new = (8, 4) if ctx.smoke else (64, 128)
     hf, ours = _same_weights(ctx, config)
+    # Each decode step reads every weight once: at batch b the memory floor is b tokens per
+    # weight read. Far below it, a step is bound by kernel launches and the host, not by memory.
+    bandwidth = copy_bandwidth(ctx.device)
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+    results["memory"] = {"copy_bytes_per_s": bandwidth, "weight_bytes": weight_bytes}
     g = torch.Generator().manual_seed(0)
     headline = []
     for batch in (1, 8, 64):
@@ -120,6 +125,10 @@ def decode(ctx: Context, results: Results) -> None:
                 "gpt124m tok/s": batch * new / best_ours,
                 "transformers tok/s": batch * new / best_hf,
                 "ratio": best_hf / best_ours,
+                "gpt124m share of memory floor": batch
+                * new
+                / best_ours
+                / (batch * bandwidth / weight_bytes),
                 "rows with identical tokens": f"{same}/{batch}",
             },
         )

@@ -6,7 +6,16 @@ import time
 
 import torch
 from _baseline import transformers_gpt2
-from gpu_common import Context, RandomBatches, Results, add_row, sync, time_steps, train_records
+from gpu_common import (
+    Context,
+    RandomBatches,
+    Results,
+    add_row,
+    copy_bandwidth,
+    sync,
+    time_steps,
+    train_records,
+)
 from gpu_profile import kernel_time
 
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
@@ -74,7 +83,11 @@ def throughput(ctx: Context, results: Results) -> None:
     fpt = config.flops_per_token(s["seq"])
     datasheet = peak_flops(device, dtype) if device.type == "cuda" else None
     measured = matmul_peak(device, dtype)
-    results["peaks"] = {"datasheet_flops": datasheet, "measured_matmul_flops": measured}
+    results["peaks"] = {
+        "datasheet_flops": datasheet,
+        "measured_matmul_flops": measured,
+        "measured_copy_bytes_per_s": copy_bandwidth(device),
+    }
     results["shape"] = {**s, "dtype": str(dtype), "flops_per_token": fpt}
     x = torch.randint(0, GPT2_VOCAB_SIZE, (s["batch"], s["seq"] + 1), device=device)
     # Contiguous, as the trainer's batches are: the compiled graph (and Inductor's cache entry,

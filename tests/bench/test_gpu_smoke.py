@@ -61,6 +61,8 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
     for kept in (blockwise, compiled):
         assert kept["kept for backward MiB"] < copy["kept for backward MiB"] / 10
     assert [r["batch"] for r in table("decode", "greedy decode")] == [1, 8, 64]
+    assert all(r["gpt124m share of memory floor"] > 0 for r in table("decode", "greedy decode"))
+    assert sections["throughput"]["results"]["peaks"]["measured_copy_bytes_per_s"] > 1e8
     rows = table("throughput", "training step")
     assert [r["implementation"] for r in rows] == [
         "gpt124m", "gpt124m + compile", "transformers", "transformers + compile",
