@@ -5,7 +5,8 @@ the shared loop: the current `quickstart` recipe (Muon on the blocks' matrices, 
 embeddings, norms and biases, 180 steps) and the previous one (AdamW 3e-3 -> 3e-4, 80 steps), each
 at the recipe's own precision (`auto`) or `--precision`. Prints each one's training wall time,
 validation loss before and after, and how many distinct words 32 greedy tokens of each of the
-current recipe's prompts contain (the quickstart test asks for >= 3).
+current recipe's prompts contain (the quickstart test asks for a word in some prompt's greedy
+text and >= 3 distinct words in every prompt's sampled text).
 
     python bench/quickstart.py [--precision auto|fp32|bf16]
 """
