@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from _baseline import transformers_gpt2
+from gpu_common import sync
 
 from gpt124m.checkpoint import build_model
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
@@ -48,14 +49,20 @@ def hf_model(config):
     return model
 
 
-def copy_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
-    """Bytes/s moved by `dst.copy_(src)` on a tensor far larger than the caches (read + write)."""
-    src = torch.ones(n_bytes // 4)
+def copy_bandwidth(
+    n_bytes: int = 512 * 2**20, repeats: int = 5, device: torch.device | None = None
+) -> float:
+    """Bytes/s moved by `dst.copy_(src)` on a tensor far larger than the caches (read + write),
+    on the CPU or, given one, a CUDA device (bench/gpu.py), timed from one sync to the next."""
+    device = device or torch.device("cpu")
+    src = torch.ones(n_bytes // 4, device=device)
     dst = torch.zeros_like(src)
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         start = time.perf_counter()
         dst.copy_(src)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n_bytes / best
 
@@ -116,7 +123,7 @@ def main() -> None:
     config = get_preset(args.preset)
     torch.manual_seed(args.seed)
     reference = hf_model(config)
-    ours = build_model(config, gpt2_to_native(reference.state_dict(), config), "random HF")
+    ours = build_model(config, gpt2_to_native(reference.state_dict()), "random HF")
     ours.eval()
     bandwidth = copy_bandwidth()
     import transformers

@@ -43,23 +43,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def copy_bandwidth(device: torch.device) -> float:
-    """The best bytes/s (read plus written) of a large device-to-device copy: the memory ceiling
-    that memory-bound work (decode at small batch, elementwise kernels) is judged against."""
-    n = (1 << 30) if device.type == "cuda" else (64 << 20)  # bytes
-    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=device)  # not zeros
-    dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(8):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(4):
-            dst.copy_(src)
-        sync(device)
-        best = min(best, (time.perf_counter() - start) / 4)
-    return 2 * n / best
-
-
 class Results(dict):
     """A section's figures: every assignment is written to disk at once."""
 
@@ -89,10 +72,18 @@ class Context:
     card_gib: float = 24.0
     started: float = dataclasses.field(default_factory=time.monotonic)
     section_deadline: float = float("inf")  # set by gpu.py's run_section
+    ceilings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def seconds_left(self) -> float:
         """Until the running section's budget is spent."""
         return self.section_deadline - time.monotonic()
+
+    def ceiling(self, name: str, measure: Callable[[], float]) -> float:
+        """A hardware ceiling (matmul peak, copy bandwidth), measured by the first section that
+        asks for it and shared by the rest of the run."""
+        if name not in self.ceilings:
+            self.ceilings[name] = measure()
+        return self.ceilings[name]
 
     def say(self, message: str) -> None:
         print(f"[gpu.py {time.monotonic() - self.started:6.1f}s] {message}", flush=True)

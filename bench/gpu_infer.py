@@ -6,7 +6,9 @@ import time
 
 import torch
 from _baseline import transformers_gpt2
-from gpu_common import Context, Results, add_row, copy_bandwidth, sync
+from generate import decode_bytes_per_step  # bench/generate.py
+from gpu_common import Context, Results, add_row, sync
+from gpu_speed import device_copy_bandwidth
 
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
 from gpt124m.generate import GenerationConfig, generate
@@ -99,11 +101,11 @@ def decode(ctx: Context, results: Results) -> None:
     config = get_preset("tiny" if ctx.smoke else "gpt2")
     prompt_len, new = (8, 4) if ctx.smoke else (64, 128)
     hf, ours = _same_weights(ctx, config)
-    # Each decode step reads every weight once: at batch b the memory floor is b tokens per
-    # weight read. Far below it, a step is bound by kernel launches and the host, not by memory.
-    bandwidth = copy_bandwidth(ctx.device)
-    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
-    results["memory"] = {"copy_bytes_per_s": bandwidth, "weight_bytes": weight_bytes}
+    # Each decode step reads every weight once and the KV cache: at batch b the memory floor is
+    # b tokens per such read. Far below it, a step is bound by kernel launches and the host.
+    bandwidth = ctx.ceiling("copy", lambda: device_copy_bandwidth(ctx.device))
+    elem = next(ours.parameters()).element_size()
+    results["copy_bytes_per_s"] = bandwidth
     g = torch.Generator().manual_seed(0)
     headline = []
     for batch in (1, 8, 64):
@@ -117,7 +119,8 @@ def decode(ctx: Context, results: Results) -> None:
             t, hf_out = _time_hf(hf, prompts, new, ctx.device)
             best_hf = min(best_hf, t)
         same = sum(a == b for a, b in zip(ours_out, hf_out, strict=True))
-        floor = batch * bandwidth / weight_bytes  # tokens/s if each step only read the weights
+        # tokens/s if each step only read its bytes (bench/generate.py's model of them)
+        floor = batch * bandwidth / decode_bytes_per_step(config, batch, prompt_len, new, elem)
         add_row(
             results,
             f"greedy decode, prompt {prompt_len}, {new} new tokens, bf16",

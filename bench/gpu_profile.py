@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.autograd import DeviceType
 
 # (kind, what a lower-cased kernel or operator name contains); the first match wins, so the
 # order matters: "fmha_cutlass..." is attention, not a GEMM; "triton_per_fused__to_copy..." is
@@ -36,7 +37,7 @@ def kind_of(name: str) -> str:
     return OTHER
 
 
-def timed_events(averages, cuda: bool, cuda_type) -> list[tuple[str, int, float]]:
+def timed_events(averages, cuda: bool) -> list[tuple[str, int, float]]:
     """(name, calls, microseconds) of what ran. On CUDA the kernels, memcpys and memsets
     themselves: not the operators that launched them, nor the labelled regions (a compiled graph's
     call, `Optimizer.step`) the profiler also reports as CUDA events spanning their kernels, either
@@ -44,7 +45,7 @@ def timed_events(averages, cuda: bool, cuda_type) -> list[tuple[str, int, float]
     to the time spent in operators."""
     if cuda:
         rows = [(e.key, e.count, e.self_device_time_total) for e in averages
-                if e.device_type == cuda_type and not getattr(e, "is_user_annotation", False)]  # fmt: skip
+                if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]  # fmt: skip
     else:
         rows = [(e.key, e.count, e.self_cpu_time_total) for e in averages]
     return [row for row in rows if row[2] > 0]
@@ -54,7 +55,6 @@ def kernel_time(step: Callable[[], None], device: torch.device, *, steps: int = 
     """Profile `steps` calls of an already warm `step`: per-step milliseconds by kind and of the
     largest kernels, and the device's busy share of the wall time (CUDA only; profiling itself
     adds some host time, so this is a lower bound)."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -66,14 +66,15 @@ def kernel_time(step: Callable[[], None], device: torch.device, *, steps: int = 
         if cuda:
             torch.cuda.synchronize(device)
         wall_ms = (time.perf_counter() - start) * 1000 / steps
-    events = timed_events(prof.key_averages(), cuda, DeviceType.CUDA)
+    events = timed_events(prof.key_averages(), cuda)
     if cuda and not events:  # CUPTI did not start (it may not under a sandboxed runtime)
         raise RuntimeError("the profiler recorded no CUDA kernels")
     events = [(name, count, us / 1000 / steps) for name, count, us in events]
     total = sum(ms for _, _, ms in events)
     by_kind: dict[str, float] = {}
     for name, _, ms in events:
-        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + ms
+        kind = kind_of(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + ms
     kinds = [
         {"kind": kind, "ms per step": ms, "share": ms / total}
         for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1])

@@ -102,10 +102,10 @@ def test_on_cuda_only_kernels_count_once(gpu_profile):
         event("aten::mm", DeviceType.CPU, 700.0),  # the launching operator
         event("Memset (Device)", DeviceType.CUDA, 0.0),  # nothing measured: left out
     ]
-    rows = gpu_profile.timed_events(averages, True, DeviceType.CUDA)
+    rows = gpu_profile.timed_events(averages, True)
     assert rows == [
         ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 2, 700.0),
         ("triton_per_fused_native_layer_norm_0", 2, 300.0),
     ]
     # on the CPU every operator's own time, labelled regions included
-    assert len(gpu_profile.timed_events(averages, False, DeviceType.CUDA)) == len(averages)
+    assert len(gpu_profile.timed_events(averages, False)) == len(averages)
