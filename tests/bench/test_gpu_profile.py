@@ -1,22 +1,14 @@
 """bench/gpu_profile.py: the kernel-time breakdown the GPU run records for each compiled step."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from .conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def gpu_profile():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import gpu_profile
-    finally:
-        sys.path.remove(str(BENCH))
-    return gpu_profile
+    return bench_module("gpu_profile")
 
 
 # Kernel names as CUDA profilers print them (cuBLAS, cuBLASLt on Hopper, CUTLASS, PyTorch's

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from ..conftest import needs_compiler
+from .conftest import BENCH, bench_module
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
+SCRIPT = BENCH / "gpu.py"
 
 
 def smoke(out: Path, *args: str, timeout: int = 540) -> tuple[int, dict, str]:
@@ -131,13 +132,7 @@ time.sleep(600)
 
 
 def run_command(*args, **kwargs):
-    """bench/gpu_common.run_command (bench/ is scripts, not a package)."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from gpu_common import run_command
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return run_command(*args, **kwargs)
+    return bench_module("gpu_common").run_command(*args, **kwargs)
 
 
 def pids(output: str) -> tuple[int, int]:
@@ -196,14 +191,6 @@ def test_the_sections_alarm_during_a_stop_waits_for_it_to_finish(tmp_path):
         signal.signal(signal.SIGALRM, previous)
     launcher, worker = pids(log.read_text())
     assert [gone(launcher), gone(worker)] == [True, True]  # both checked: none left behind
-
-
-def bench_module(name: str):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
 
 
 @pytest.mark.slow
