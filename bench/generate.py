@@ -75,15 +75,16 @@ def decode_bytes_per_step(config, batch: int, prompt_len: int, new: int, elem: i
     return weights + kv
 
 
-def time_ours(model, prompts, new: int) -> tuple[float, list[list[int]]]:
+def time_ours(model, prompts, new: int, compiled: bool = False) -> tuple[float, list[list[int]]]:
+    """Seconds of one greedy `generate` call (it returns only once its tokens are on the host)."""
     cfg = GenerationConfig(max_new_tokens=new, eos_token_id=None)
     start = time.perf_counter()
-    out = generate(model, prompts, cfg)
+    out = generate(model, prompts, cfg, compiled=compiled)
     return time.perf_counter() - start, out
 
 
-def time_hf(model, prompts, new: int) -> tuple[float, list[list[int]]]:
-    ids = torch.tensor(prompts)
+def time_hf(model, prompts, new: int, device=None) -> tuple[float, list[list[int]]]:
+    ids = torch.tensor(prompts, device=device)
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
@@ -116,6 +117,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--compiled", action="store_true", help="also time ours with compiled=True (compiles first)"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,6 +145,11 @@ def main() -> None:
     print(
         f"{'dtype':<9} {'batch':>5} {'ours tok/s':>11} {'HF tok/s':>9} {'ours/HF':>8} "
         f"{'floor tok/s':>12} {'ours/floor':>10}  greedy tokens"
+        + (
+            f"  {'compiled tok/s':>14} {'compiled/HF':>11} {'compile s':>9}"
+            if args.compiled
+            else ""
+        )
     )
     g = torch.Generator().manual_seed(args.seed)
     for dtype_name in args.precision:
@@ -167,9 +176,27 @@ def main() -> None:
             print(
                 f"{dtype_name:<9} {batch:>5} {new / best_ours:>11.1f} {new / best_hf:>9.1f} "
                 f"{best_hf / best_ours:>7.2f}x {floor:>12.1f} {new / best_ours / floor:>9.0%}  "
-                f"{first_divergence(ours_out, hf_out)}",
+                f"{first_divergence(ours_out, hf_out)}"
+                + (
+                    compiled_columns(ours, prompts, args, ours_out, best_hf)
+                    if args.compiled
+                    else ""
+                ),
                 flush=True,
             )
+
+
+def compiled_columns(model, prompts, args, eager_out, best_hf: float) -> str:
+    """The same decode with `compiled=True`: tokens/s, against HF, and the first call's seconds
+    (the compile); a mismatch with the eager tokens is flagged."""
+    first, _ = time_ours(model, prompts, 4, compiled=True)
+    best = float("inf")
+    for _ in range(args.repeats):
+        t, out = time_ours(model, prompts, args.new_tokens, compiled=True)
+        best = min(best, t)
+    new = len(prompts) * args.new_tokens
+    flag = "" if out == eager_out else f" ({first_divergence(out, eager_out)} from eager)"
+    return f"  {new / best:>14.1f} {best_hf / best:>10.2f}x {first:>9.1f}{flag}"
 
 
 if __name__ == "__main__":

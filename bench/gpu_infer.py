@@ -1,4 +1,5 @@
-"""bench/gpu.py sections 6-7: HellaSwag scoring speed, and decode speed against transformers."""
+"""bench/gpu.py: HellaSwag scoring speed, and decode speed (eager and compiled) against
+transformers."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import time
 
 import torch
 from _baseline import transformers_gpt2
-from generate import decode_bytes_per_step  # bench/generate.py
+from generate import decode_bytes_per_step, time_hf, time_ours  # bench/generate.py
 from gpu_common import Context, Results, add_row, sync
 from gpu_speed import device_copy_bandwidth
 
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
-from gpt124m.generate import GenerationConfig, generate
 from gpt124m.loading import load_model
 from gpt124m.model import GPT
 
@@ -78,23 +78,6 @@ def _same_weights(ctx: Context, config):
     return hf.to(ctx.device, ctx.amp), ours
 
 
-def _time_ours(model, prompts, new):
-    start = time.perf_counter()
-    out = generate(model, prompts, GenerationConfig(max_new_tokens=new, eos_token_id=None))
-    return time.perf_counter() - start, out
-
-
-def _time_hf(model, prompts, new, device):
-    ids = torch.tensor(prompts, device=device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False
-        )
-    out = out[:, ids.size(1) :].tolist()
-    return time.perf_counter() - start, out
-
-
 def decode(ctx: Context, results: Results) -> None:
     """Greedy decoding, prompt 64 random tokens, 128 new, bf16 weights, best of 2 after a
     warm-up, new tokens/s (prefill included), ours against transformers' `generate`."""
@@ -107,16 +90,16 @@ def decode(ctx: Context, results: Results) -> None:
     elem = next(ours.parameters()).element_size()
     results["copy_bytes_per_s"] = bandwidth
     g = torch.Generator().manual_seed(0)
-    headline = []
+    headline, eager = [], {}
     for batch in (1, 8, 64):
         prompts = torch.randint(0, GPT2_VOCAB_SIZE, (batch, prompt_len), generator=g).tolist()
-        _time_ours(ours, prompts, 4)
-        _time_hf(hf, prompts, 4, ctx.device)
+        time_ours(ours, prompts, 4)
+        time_hf(hf, prompts, 4, ctx.device)
         best_ours = best_hf = float("inf")
         for _ in range(1 if ctx.smoke else 2):
-            t, ours_out = _time_ours(ours, prompts, new)
+            t, ours_out = time_ours(ours, prompts, new)
             best_ours = min(best_ours, t)
-            t, hf_out = _time_hf(hf, prompts, new, ctx.device)
+            t, hf_out = time_hf(hf, prompts, new, ctx.device)
             best_hf = min(best_hf, t)
         same = sum(a == b for a, b in zip(ours_out, hf_out, strict=True))
         # tokens/s if each step only read its bytes (bench/generate.py's model of them)
@@ -134,4 +117,42 @@ def decode(ctx: Context, results: Results) -> None:
             },
         )
         headline.append(f"b{batch} {best_hf / best_ours:.2f}x")
+        eager[batch] = (best_ours, best_hf, ours_out, prompts, floor)
     results.headline("decode gpt124m / transformers", ", ".join(headline))
+    _compiled_decode(ctx, results, ours, eager, prompt_len, new)
+
+
+def _compiled_decode(ctx: Context, results: Results, ours, eager: dict, prompt_len, new) -> None:
+    """The same greedy decode with `compiled=True` (each step one CUDA graph), after the eager
+    rows so that a section cut short keeps them. CUDA graphs that Inductor declined to use are
+    counted: then the step is compiled but still launched kernel by kernel."""
+    from torch._dynamo.utils import counters
+
+    headline = []
+    for batch in (1,) if ctx.smoke else (1, 64):
+        best_eager, best_hf, eager_out, prompts, floor = eager[batch]
+        skips = counters["inductor"]["cudagraph_skips"]
+        start = time.perf_counter()
+        time_ours(ours, prompts, 4, compiled=True)  # compiles (and records the graph)
+        first = time.perf_counter() - start
+        best = float("inf")
+        for _ in range(1 if ctx.smoke else 2):
+            t, out = time_ours(ours, prompts, new, compiled=True)
+            best = min(best, t)
+        same = sum(a == b for a, b in zip(out, eager_out, strict=True))
+        add_row(
+            results,
+            f"greedy decode compiled (compiled=True), prompt {prompt_len}, {new} new tokens, bf16",
+            {
+                "batch": batch,
+                "compiled tok/s": batch * new / best,
+                "/ gpt124m eager": best_eager / best,
+                "/ transformers": best_hf / best,
+                "share of memory floor": batch * new / best / floor,
+                "first call s (compile)": first,
+                "CUDA graphs skipped": counters["inductor"]["cudagraph_skips"] - skips,
+                "rows equal to eager": f"{same}/{batch}",
+            },
+        )
+        headline.append(f"b{batch} {best_hf / best:.2f}x")
+    results.headline("decode compiled / transformers", ", ".join(headline))

@@ -253,7 +253,7 @@ def test_stream_holds_back_split_characters_and_stop_prefixes(tiny_model, tok, m
     ids = tok.encode(script)
     assert any("\ufffd" in tok.decode([i]) for i in ids)  # precondition: split characters
 
-    def scripted(model, prompts, cfg):
+    def scripted(model, prompts, cfg, compiled=False):
         finished = torch.zeros(len(prompts), dtype=torch.bool)
         for t in ids[: cfg.max_new_tokens]:
             tokens = torch.where(finished, cfg.eos_token_id, torch.full((len(prompts),), t))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -13,6 +14,16 @@ import torch
 # The weights' dtype for inference, by the precision names every command uses (gpt124m.flags).
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TF32_ENV = "GPT124M_TF32"  # "0" keeps fp32 matmuls in full fp32 on CUDA (exact CPU comparisons)
+
+
+def require_compiler(device: torch.device, flag: str) -> None:
+    """`torch.compile` on CPU builds C++ kernels: say so in one line before a run starts, not in
+    a traceback minutes into it. `flag` is the switch to drop (`--compile`)."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        raise ValueError(
+            f"{flag} on CPU needs a C++ compiler (Inductor builds its kernels with one): "
+            f"install g++ (e.g. apt-get install g++) or drop {flag}"
+        )
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt124m.model import GPT, KVCache
+from gpt124m.static_decode import decoder_for
 from gpt124m.tokenizer import EOT_ID, Tokenizer
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -104,12 +105,17 @@ def decode_steps(
     model: GPT,
     prompts: Sequence[Sequence[int]],
     cfg: GenerationConfig,
+    *,
+    compiled: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield `(tokens [B], finished [B])` once per step.
 
     `finished` is live: a caller may set rows to True (a stop string appeared) and they stop
     producing tokens. Rows are left-padded, so each row computes what it would alone.
     Model work runs in inference mode; `finished` is an ordinary tensor so callers can write it.
+    `compiled` runs each step after the prompt through `torch.compile` (a CUDA graph on CUDA;
+    `gpt124m.static_decode`): the first call of a batch size and length compiles (seconds to a
+    minute), later ones are fast.
     """
     cfg.validate()
     _validate_prompts(prompts, model.config.vocab_size)
@@ -152,7 +158,15 @@ def decode_steps(
                 seen = torch.zeros((B, model.config.vocab_size), dtype=torch.bool, device=device)
                 rows = torch.arange(B, device=device)[:, None].expand_as(ids)
                 seen[rows[mask], ids[mask]] = True
-            cache = KVCache(model.config, B, longest + budget, device, dtype)
+            if compiled:
+                decoder = decoder_for(model)
+                cache, valid = decoder.cache(B, longest + budget)
+                valid[:, :longest] = mask
+                valid[:, longest:] = True
+                at = torch.tensor([longest], device=device)  # the cache slot written next
+                pos = mask.sum(dim=1, keepdim=True)  # each row's next position
+            else:
+                cache = KVCache(model.config, B, longest + budget, device, dtype)
             logits, _ = model(ids, attention_mask=attention_mask, cache=cache, last_only=True)
         for step in range(budget):
             with torch.inference_mode():
@@ -166,6 +180,11 @@ def decode_steps(
             with torch.inference_mode():
                 if seen is not None:
                     seen.scatter_(1, tokens[:, None], True)
+                if compiled:
+                    logits = decoder.step(tokens[:, None], pos, at, valid, cache)
+                    at += 1
+                    pos += 1
+                    continue
                 if attention_mask is not None:
                     attention_mask = torch.cat([attention_mask, mask.new_ones(B, 1)], dim=1)
                 logits, _ = model(tokens[:, None], attention_mask=attention_mask, cache=cache)
@@ -202,10 +221,12 @@ def generate(
     model: GPT,
     prompts: Sequence[Sequence[int]],
     cfg: GenerationConfig,
+    *,
+    compiled: bool = False,
 ) -> list[list[int]]:
     """New token ids for each prompt; the EOS that ended a row is not included."""
     out: list[list[int]] = [[] for _ in prompts]
-    for tokens, finished in decode_steps(model, prompts, cfg):
+    for tokens, finished in decode_steps(model, prompts, cfg, compiled=compiled):
         for i, (t, done) in enumerate(zip(tokens.tolist(), finished.tolist(), strict=True)):
             if not done and t != cfg.eos_token_id:
                 out[i].append(t)
@@ -229,12 +250,17 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 
 def generate_text(
-    model: GPT, tokenizer: Tokenizer, prompts: Sequence[str], cfg: GenerationConfig
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    compiled: bool = False,
 ) -> list[str]:
     """Batched text-in, text-out generation; each completion is cut at the first stop string."""
     encoded = [tokenizer.encode(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
-    for tokens, finished in decode_steps(model, encoded, cfg):
+    for tokens, finished in decode_steps(model, encoded, cfg, compiled=compiled):
         # One read of each per step: indexing a GPU tensor row by row would wait for it B times.
         for i, (t, done) in enumerate(zip(tokens.tolist(), finished.tolist(), strict=True)):
             if done or t == cfg.eos_token_id:
@@ -252,7 +278,12 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
 
 
 def stream_text(
-    model: GPT, tokenizer: Tokenizer, prompt: str, cfg: GenerationConfig
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    cfg: GenerationConfig,
+    *,
+    compiled: bool = False,
 ) -> Iterator[str]:
     """Yield the completion of one prompt piece by piece, as tokens are produced.
 
@@ -262,7 +293,7 @@ def stream_text(
     ids: list[int] = []
     emitted = 0
     prompt_ids = [tokenizer.encode(prompt)]
-    for tokens, _ in decode_steps(model, prompt_ids, cfg):
+    for tokens, _ in decode_steps(model, prompt_ids, cfg, compiled=compiled):
         t = int(tokens[0])
         if t == cfg.eos_token_id:
             break

@@ -63,6 +63,8 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
         assert kept["kept for backward MiB"] < copy["kept for backward MiB"] / 10
     assert [r["batch"] for r in table("decode", "greedy decode")] == [1, 8, 64]
     assert all(r["gpt124m share of memory floor"] > 0 for r in table("decode", "greedy decode"))
+    (compiled,) = table("decode", "greedy decode compiled")  # batch 1 in the smoke run
+    assert compiled["rows equal to eager"] == "1/1" and compiled["first call s (compile)"] > 0
     assert sections["throughput"]["results"]["peaks"]["measured_copy_bytes_per_s"] > 1e8
     rows = table("throughput", "training step")
     assert [r["implementation"] for r in rows] == [

@@ -76,5 +76,5 @@ def test_compiled_training_matches_eager_and_keeps_eval_and_sampling(tmp_path, f
 def test_compile_without_a_cpu_compiler_is_a_clear_error(tmp_path, fixed_batches, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     cfg = tiny_cfg(tmp_path, max_steps=1, compile=True, device="cpu")
-    with pytest.raises(RuntimeError, match="--compile on CPU needs a C\\+\\+ compiler"):
+    with pytest.raises(ValueError, match="--compile on CPU needs a C\\+\\+ compiler"):
         fit(cfg, GPT(get_preset("tiny")), fixed_batches())

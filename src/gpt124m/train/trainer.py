@@ -10,7 +10,6 @@ until `max_steps`, doing periodic work when it is due, and returns the run summa
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from gpt124m import collectives
-from gpt124m.device import resolve_precision, use_tf32
+from gpt124m.device import require_compiler, resolve_precision, use_tf32
 from gpt124m.train import checkpointing, distributed
 from gpt124m.train.checkpointer import Checkpointer
 from gpt124m.train.config import TrainConfig, apply_step_cap
@@ -235,11 +234,7 @@ class _Run:
 
 def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
     """Only the training step is compiled: eval and sampling see other shapes and modes."""
-    if device.type == "cpu" and not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
-        raise RuntimeError(
-            "--compile on CPU needs a C++ compiler (Inductor builds its kernels with one): "
-            "install g++ (e.g. apt-get install g++) or drop --compile"
-        )
+    require_compiler(device, "--compile")
     return torch.compile(model)
 
 

@@ -1,0 +1,131 @@
+"""A decode step of fixed shape, so `torch.compile` makes it one graph and, on CUDA, one CUDA graph.
+
+Eager decoding of a small model on a GPU is bound by kernel launches and Python: a step of GPT-2
+124M is ~200 tiny kernels, each far shorter than its launch. Here every step has the same shapes
+(the KV cache is allocated at a fixed length and attention reads all of it, masking what is not
+yet written) and the write position is a tensor, not a Python int, so one compiled graph serves
+every step and CUDA can replay it with a single launch (`mode="reduce-overhead"`).
+
+The prompt (prefill) still runs through the eager model: its length differs per call, and it is
+one step among many. The cache length is rounded up to a multiple of `CACHE_ROUND` so that calls of
+similar lengths share a compiled graph instead of compiling anew.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from gpt124m.device import require_compiler
+from gpt124m.model import GPT, run_trunk
+
+CACHE_ROUND = 256
+RECOMPILE_LIMIT = 64
+
+
+class StaticCache:
+    """KV buffers of a fixed length, one tensor per layer (so a compiled step updates each in
+    place: slices of one stacked tensor would make Inductor copy the whole stack per write).
+    `update` and `advance` serve the eager prefill, `step_view` the compiled steps."""
+
+    def __init__(self, config, batch: int, length: int, device, dtype):
+        shape = (batch, config.n_head, length, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.size(2)
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+
+class _StepCache:
+    """The `run_trunk` cache interface over full-length buffers: writes one position, given as a
+    tensor, and hands attention every position (unwritten ones are masked)."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], at: torch.Tensor):
+        self.k, self.v, self.at = k, v, at
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        self.k[layer].index_copy_(2, self.at, k)
+        self.v[layer].index_copy_(2, self.at, v)
+        return self.k[layer], self.v[layer]
+
+    def advance(self, n: int) -> None:
+        pass  # the position lives in `at`, which the caller moves
+
+
+def decode_step(
+    model: GPT,
+    tokens: torch.Tensor,
+    pos: torch.Tensor,
+    at: torch.Tensor,
+    valid: torch.Tensor,
+    k: list[torch.Tensor],
+    v: list[torch.Tensor],
+) -> torch.Tensor:
+    """Logits [B, 1, V] for `tokens` [B, 1] at positions `pos` [B, 1], written at cache slot `at`
+    [1] of each layer's `k` and `v` [B, H, L, D]; `valid` [B, L] marks the slots holding real
+    tokens (slots after `at` are ignored)."""
+    slots = torch.arange(valid.size(1), device=valid.device)
+    mask = (valid & (slots <= at))[:, None, None, :]
+    trunk = model.transformer
+    x = run_trunk(trunk, trunk.wte(tokens), pos, mask, _StepCache(k, v, at))
+    return model._logits(x)
+
+
+class StaticDecoder:
+    """One model's compiled step and its cache buffers, kept between calls so that a CUDA graph
+    recorded once is replayed by later calls of the same batch size and cache length."""
+
+    def __init__(self, model: GPT):
+        param = next(model.parameters())
+        require_compiler(param.device, "compiled=True")
+        mode = "reduce-overhead" if param.device.type == "cuda" else None
+        self._model = weakref.ref(model)
+        self._step = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
+        self._buffers: tuple | None = None
+
+    def cache(self, batch: int, length: int) -> tuple[StaticCache, torch.Tensor]:
+        """An empty cache of at least `length` slots (rounded up) and its `valid` mask, reusing
+        the last call's buffers when the shape is the same; older shapes are freed."""
+        model = self._model()
+        config = model.config
+        length = min(-(-length // CACHE_ROUND) * CACHE_ROUND, config.block_size)
+        param = next(model.parameters())
+        key = (batch, length, param.device, param.dtype)
+        if self._buffers is None or self._buffers[0] != key:
+            self._buffers = None  # free the old buffers before allocating new ones
+            cache = StaticCache(config, batch, length, param.device, param.dtype)
+            valid = torch.zeros((batch, length), dtype=torch.bool, device=param.device)
+            for t in (*cache.k, *cache.v, valid):
+                torch._dynamo.mark_static_address(t)  # CUDA graphs read them in place
+            self._buffers = (key, cache, valid)
+        _, cache, valid = self._buffers
+        cache.length = 0
+        return cache, valid
+
+    def step(self, tokens, pos, at, valid, cache: StaticCache) -> torch.Tensor:
+        if tokens.device.type == "cuda":
+            # The previous step's logits are consumed: the graph may overwrite its outputs.
+            torch.compiler.cudagraph_mark_step_begin()
+        # Every (model, batch, cache length) is its own graph by design: allow many, where
+        # Dynamo's default (8) would fail a fullgraph compile at the ninth.
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return self._step(self._model(), tokens, pos, at, valid, cache.k, cache.v)
+
+
+_DECODERS: weakref.WeakKeyDictionary[GPT, StaticDecoder] = weakref.WeakKeyDictionary()
+
+
+def decoder_for(model: GPT) -> StaticDecoder:
+    """The model's `StaticDecoder`, made on first use and dropped with the model."""
+    if model not in _DECODERS:
+        _DECODERS[model] = StaticDecoder(model)
+    return _DECODERS[model]
