@@ -11,7 +11,7 @@ import torch
 import gpt124m.generate as generation
 from gpt124m.generate import GenerationConfig, decode_steps
 from gpt124m.model import KVCache
-from gpt124m.static_decode import CACHE_ROUND, StaticCache, decode_step, decoder_for
+from gpt124m.static_decode import CACHE_ROUND, decode_step, decoder_for
 
 from .conftest import needs_compiler
 
@@ -24,8 +24,8 @@ PROMPTS = [
 
 
 def test_step_equals_the_cached_forward_on_a_padded_batch(tiny_model):
-    """`decode_step` uncompiled, after a prefill into a `StaticCache` longer than needed whose
-    unwritten slots hold garbage, against `GPT.forward` with the growing `KVCache` and mask."""
+    """`decode_step` uncompiled, after a prefill into a `KVCache` longer than needed whose
+    unwritten slots hold garbage, against `GPT.forward` with a growing cache and mask."""
     torch.manual_seed(0)
     B, longest, L = len(PROMPTS), 11, 64
     ids = torch.full((B, longest), 50256)
@@ -37,7 +37,7 @@ def test_step_equals_the_cached_forward_on_a_padded_batch(tiny_model):
     with torch.inference_mode():
         ref_cache = KVCache(config, B, L, "cpu", torch.float32)
         ref_logits, _ = tiny_model(ids, attention_mask=mask, cache=ref_cache, last_only=True)
-        cache = StaticCache(config, B, L, "cpu", torch.float32)
+        cache = KVCache(config, B, L, "cpu", torch.float32)
         for t in cache.k + cache.v:
             t.normal_()  # stale slots must not matter
         logits, _ = tiny_model(ids, attention_mask=mask, cache=cache, last_only=True)

@@ -18,36 +18,16 @@ import weakref
 import torch
 
 from gpt124m.device import require_compiler
-from gpt124m.model import GPT, run_trunk
+from gpt124m.model import GPT, KVCache, run_trunk
 
 CACHE_ROUND = 256
 RECOMPILE_LIMIT = 64
 
 
-class StaticCache:
-    """KV buffers of a fixed length, one tensor per layer (so a compiled step updates each in
-    place: slices of one stacked tensor would make Inductor copy the whole stack per write).
-    `update` and `advance` serve the eager prefill, `step_view` the compiled steps."""
-
-    def __init__(self, config, batch: int, length: int, device, dtype):
-        shape = (batch, config.n_head, length, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        end = self.length + k.size(2)
-        self.k[layer][:, :, self.length : end] = k
-        self.v[layer][:, :, self.length : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-
 class _StepCache:
-    """The `run_trunk` cache interface over full-length buffers: writes one position, given as a
-    tensor, and hands attention every position (unwritten ones are masked)."""
+    """The `run_trunk` cache interface over a `KVCache`'s full-length buffers: writes one
+    position, given as a tensor, and hands attention every position (unwritten ones are masked).
+    The eager prefill uses the `KVCache` itself."""
 
     def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], at: torch.Tensor):
         self.k, self.v, self.at = k, v, at
@@ -92,7 +72,7 @@ class StaticDecoder:
         self._step = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
         self._buffers: tuple | None = None
 
-    def cache(self, batch: int, length: int) -> tuple[StaticCache, torch.Tensor]:
+    def cache(self, batch: int, length: int) -> tuple[KVCache, torch.Tensor]:
         """An empty cache of at least `length` slots (rounded up) and its `valid` mask, reusing
         the last call's buffers when the shape is the same; older shapes are freed."""
         model = self._model()
@@ -102,7 +82,7 @@ class StaticDecoder:
         key = (batch, length, param.device, param.dtype)
         if self._buffers is None or self._buffers[0] != key:
             self._buffers = None  # free the old buffers before allocating new ones
-            cache = StaticCache(config, batch, length, param.device, param.dtype)
+            cache = KVCache(config, batch, length, param.device, param.dtype)
             valid = torch.zeros((batch, length), dtype=torch.bool, device=param.device)
             for t in (*cache.k, *cache.v, valid):
                 torch._dynamo.mark_static_address(t)  # CUDA graphs read them in place
@@ -111,7 +91,7 @@ class StaticDecoder:
         cache.length = 0
         return cache, valid
 
-    def step(self, tokens, pos, at, valid, cache: StaticCache) -> torch.Tensor:
+    def step(self, tokens, pos, at, valid, cache: KVCache) -> torch.Tensor:
         if tokens.device.type == "cuda":
             # The previous step's logits are consumed: the graph may overwrite its outputs.
             torch.compiler.cudagraph_mark_step_begin()
