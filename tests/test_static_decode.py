@@ -69,6 +69,12 @@ def _recorded(model, cfg, monkeypatch, compiled):
     return torch.stack(tokens), torch.stack(seen_logits)
 
 
+def _leased_k(model) -> int:
+    """Where the buffers a call of the test's batch would get live."""
+    with decoder_for(model).lease(len(PROMPTS), 1) as (cache, _):
+        return cache.k[0].data_ptr()
+
+
 @needs_compiler
 def test_compiled_decoding_equals_eager_in_one_graph_reused_across_calls(tiny_model, monkeypatch):
     model = copy.deepcopy(tiny_model)
@@ -91,16 +97,31 @@ def test_compiled_decoding_equals_eager_in_one_graph_reused_across_calls(tiny_mo
         torch.testing.assert_close(logits, eager_logits, rtol=1e-4, atol=1e-4)  # fused kernels
         assert len(set(tokens.flatten().tolist())) > 10  # a real trajectory, not one repeated id
         if cfg is first:
-            k_before = decoder_for(model).cache(len(PROMPTS), 1)[0].k[0].data_ptr()
+            k_before = _leased_k(model)
     assert CACHE_ROUND >= 11 + 30  # both calls fit one cache length: one graph for all steps
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-    assert decoder_for(model).cache(len(PROMPTS), 1)[0].k[0].data_ptr() == k_before
+    assert _leased_k(model) == k_before
     assert (tokens[6:, 0] == sampled.eos_token_id).all()  # row 0 finished, padded with EOS
     # another batch size is another graph, even where Dynamo would allow no recompile
     with torch._dynamo.config.patch(recompile_limit=1):
         alone = generation.generate(model, PROMPTS[1:2], first, compiled=True)
     assert alone == generation.generate(model, PROMPTS[1:2], first)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+@needs_compiler
+def test_overlapping_compiled_calls_keep_their_own_caches(tiny_model):
+    """Two generators of the same shape consumed in turns (as a server or a caller comparing
+    prompts would): each must decode as it would alone, not read the other's cache."""
+    model = copy.deepcopy(tiny_model)
+    cfg = GenerationConfig(max_new_tokens=16, eos_token_id=None)
+    batches = [PROMPTS, [p[::-1] for p in PROMPTS]]
+    alone = [[t.clone() for t, _ in decode_steps(model, b, cfg)] for b in batches]
+    first, second = (decode_steps(model, b, cfg, compiled=True) for b in batches)
+    turns = [(a.clone(), b.clone()) for (a, _), (b, _) in zip(first, second, strict=True)]
+    assert torch.equal(torch.stack([a for a, _ in turns]), torch.stack(alone[0]))
+    assert torch.equal(torch.stack([b for _, b in turns]), torch.stack(alone[1]))
+    assert not torch.equal(torch.stack(alone[0]), torch.stack(alone[1]))
 
 
 def test_cli_compile_without_a_compiler_is_one_line(tiny_model_dir, monkeypatch, capsys):

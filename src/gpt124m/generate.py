@@ -11,6 +11,7 @@ than silently sliding a window, since a window changes what the model conditions
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -148,7 +149,8 @@ def decode_steps(
 
     was_training = model.training
     model.eval()
-    try:
+    with contextlib.ExitStack() as leases:
+        leases.callback(model.train, was_training)
         with torch.inference_mode():
             ids, mask = _left_pad(prompts, longest, device, pad_id)
             attention_mask = None if bool(mask.all()) else mask
@@ -160,7 +162,7 @@ def decode_steps(
                 seen[rows[mask], ids[mask]] = True
             if compiled:
                 decoder = decoder_for(model)
-                cache, valid = decoder.cache(B, longest + budget)
+                cache, valid = leases.enter_context(decoder.lease(B, longest + budget))
                 valid[:, :longest] = mask
                 valid[:, longest:] = True
                 at = torch.tensor([longest], device=device)  # the cache slot written next
@@ -188,8 +190,6 @@ def decode_steps(
                 if attention_mask is not None:
                     attention_mask = torch.cat([attention_mask, mask.new_ones(B, 1)], dim=1)
                 logits, _ = model(tokens[:, None], attention_mask=attention_mask, cache=cache)
-    finally:
-        model.train(was_training)
 
 
 def _left_pad(

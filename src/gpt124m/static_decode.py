@@ -13,7 +13,10 @@ similar lengths share a compiled graph instead of compiling anew.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import weakref
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -62,43 +65,64 @@ def decode_step(
 
 class StaticDecoder:
     """One model's compiled step and its cache buffers, kept between calls so that a CUDA graph
-    recorded once is replayed by later calls of the same batch size and cache length."""
+    recorded once is replayed by later calls of the same batch size and cache length.
+
+    Each call leases its buffers: calls that overlap (two generators consumed in turns, or
+    threads) get buffers of their own instead of overwriting each other's cache, and the last
+    buffers returned are kept for the next call."""
 
     def __init__(self, model: GPT):
-        param = next(model.parameters())
-        require_compiler(param.device, "compiled=True")
-        mode = "reduce-overhead" if param.device.type == "cuda" else None
         self._model = weakref.ref(model)
-        self._step = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
-        self._buffers: tuple | None = None
+        self._steps: dict[str, Callable[..., torch.Tensor]] = {}  # by device type
+        self._idle: tuple | None = None  # (key, cache, valid) free for the next call
+        self._lock = threading.Lock()
 
-    def cache(self, batch: int, length: int) -> tuple[KVCache, torch.Tensor]:
-        """An empty cache of at least `length` slots (rounded up) and its `valid` mask, reusing
-        the last call's buffers when the shape is the same; older shapes are freed."""
+    @contextlib.contextmanager
+    def lease(self, batch: int, length: int) -> Iterator[tuple[KVCache, torch.Tensor]]:
+        """An empty cache of at least `length` slots (rounded up) and its `valid` mask, for the
+        duration of one call; the idle buffers when their shape fits, else new ones."""
         model = self._model()
         config = model.config
         length = min(-(-length // CACHE_ROUND) * CACHE_ROUND, config.block_size)
         param = next(model.parameters())
+        self._compiled(param.device)  # no compiler: fail before any work
         key = (batch, length, param.device, param.dtype)
-        if self._buffers is None or self._buffers[0] != key:
-            self._buffers = None  # free the old buffers before allocating new ones
+        with self._lock:
+            held, self._idle = self._idle, None
+        if held is None or held[0] != key:
+            held = None  # free the old buffers before allocating new ones
             cache = KVCache(config, batch, length, param.device, param.dtype)
             valid = torch.zeros((batch, length), dtype=torch.bool, device=param.device)
             for t in (*cache.k, *cache.v, valid):
                 torch._dynamo.mark_static_address(t)  # CUDA graphs read them in place
-            self._buffers = (key, cache, valid)
-        _, cache, valid = self._buffers
-        cache.length = 0
-        return cache, valid
+            held = (key, cache, valid)
+        held[1].length = 0
+        try:
+            yield held[1], held[2]
+        finally:
+            with self._lock:
+                self._idle = held
+
+    def _compiled(self, device: torch.device) -> Callable[..., torch.Tensor]:
+        """The step compiled for `device`'s type (a model may move between devices)."""
+        compiled = self._steps.get(device.type)
+        if compiled is None:
+            require_compiler(device, "compiled=True")
+            # CUDA replays one CUDA graph per step; elsewhere Inductor's fused kernels suffice.
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            compiled = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
+            self._steps[device.type] = compiled
+        return compiled
 
     def step(self, tokens, pos, at, valid, cache: KVCache) -> torch.Tensor:
+        compiled = self._compiled(tokens.device)
         if tokens.device.type == "cuda":
             # The previous step's logits are consumed: the graph may overwrite its outputs.
             torch.compiler.cudagraph_mark_step_begin()
         # Every (model, batch, cache length) is its own graph by design: allow many, where
         # Dynamo's default (8) would fail a fullgraph compile at the ninth.
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return self._step(self._model(), tokens, pos, at, valid, cache.k, cache.v)
+            return compiled(self._model(), tokens, pos, at, valid, cache.k, cache.v)
 
 
 _DECODERS: weakref.WeakKeyDictionary[GPT, StaticDecoder] = weakref.WeakKeyDictionary()

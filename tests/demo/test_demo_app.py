@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -11,6 +12,8 @@ from gpt124m.demo.backend import DemoInputError, DemoModel, Limits, Sampling
 from gpt124m.generate import GenerationConfig, generate_text
 from gpt124m.loading import load_model
 from gpt124m.tokenizer import get_tokenizer
+
+from ..conftest import needs_compiler
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,20 @@ def test_prompt_at_the_cap_runs_and_fills_the_context(base):
     text = list(base.complete(prompt, Sampling(max_new_tokens=32, do_sample=False)))[-1]
     expected = generate_text(base.model, base.tokenizer, [prompt], GenerationConfig(32))[0]
     assert text == expected
+
+
+@needs_compiler
+def test_compiled_requests_at_once_each_decode_as_alone(base):
+    """`demo --compile --concurrency 2`: requests running at the same time in server threads
+    share one compiled step but not its cache, so each gets what an eager request gets."""
+    compiled = DemoModel(base.model, base.tokenizer, name="base", compiled=True)
+    prompts = ["Once upon a time", "The weather today", "In 1905, Einstein", "Hello, my name"]
+    greedy = Sampling(max_new_tokens=24, do_sample=False)
+    expected = [list(base.complete(p, greedy))[-1] for p in prompts]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        got = list(pool.map(lambda p: list(compiled.complete(p, greedy))[-1], prompts))
+    assert got == expected
+    assert len(set(expected)) == len(prompts)
 
 
 def test_greedy_ignores_the_sampling_controls(base):

@@ -12,6 +12,8 @@ from gpt124m.model import GPT
 from gpt124m.sft.chat import respond, trained_template
 from gpt124m.tokenizer import get_tokenizer
 
+from ..conftest import needs_compiler
+
 
 def test_interactive_answers_each_line_until_eof(trained_reverser, train_rows, monkeypatch, capsys):
     inline = [r for r in train_rows if "input" not in r][:2]
@@ -20,6 +22,16 @@ def test_interactive_answers_each_line_until_eof(trained_reverser, train_rows, m
     argv = ["chat", "--model", str(trained_reverser / "model"), "--temperature", "0"]
     assert main(argv) == 0
     assert capsys.readouterr().out == f"{inline[0]['output']}\n{inline[1]['output']}\n"
+
+
+@needs_compiler
+def test_compiled_chat_gives_the_same_answers(trained_reverser, train_rows, monkeypatch, capsys):
+    """`chat --compile`: several answers through one compiled decode step, each as eager."""
+    rows = [r for r in train_rows if "input" not in r][:3]
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(r["instruction"] + "\n" for r in rows)))
+    argv = ["chat", "--model", str(trained_reverser / "model"), "--temperature", "0", "--compile"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "".join(r["output"] + "\n" for r in rows)
 
 
 @pytest.fixture(scope="module")

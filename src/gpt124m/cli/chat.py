@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gpt124m.checkpoint import read_config
-    from gpt124m.device import resolve_device, resolve_dtype
+    from gpt124m.device import require_compiler, resolve_device, resolve_dtype
     from gpt124m.loading import load_model, resolve_source
     from gpt124m.sft.chat import respond, trained_template
     from gpt124m.tokenizer import get_tokenizer
@@ -52,12 +52,18 @@ def run(args: argparse.Namespace) -> int:
     model_dir = resolve_source(args.model)
     template = args.template or trained_template(read_config(model_dir))
     device = resolve_device(args.device)
+    if args.compile:
+        require_compiler(device, "--compile")
     model = load_model(model_dir, device=device, dtype=resolve_dtype(args.precision))
     log.info("loaded %s on %s; template %s", args.model, device, template)
     tokenizer = get_tokenizer()
 
     def answer(instruction: str, input_text: str = "") -> None:
-        for piece in respond(model, tokenizer, instruction, input_text, template=template, cfg=cfg):
+        pieces = respond(
+            model, tokenizer, instruction, input_text,
+            template=template, cfg=cfg, compiled=args.compile,
+        )  # fmt: skip
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

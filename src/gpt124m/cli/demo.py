@@ -38,6 +38,11 @@ class DemoOptions:
     queue_size: int = option(16, "requests waiting at most")
     device: str = option("auto", DEVICE_HELP)
     precision: str = option("fp32", "the weights' precision", choices=WEIGHT_PRECISIONS)
+    compile: bool = option(
+        False,
+        "compile the decode step (torch.compile; one CUDA graph per step on CUDA): the first "
+        "request of each batch shape waits for the compile, later ones decode faster on a GPU",
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.template and not args.instruct_model:
         raise ValueError("--template applies to --instruct-model; give one")
     caps = {"max_new_tokens": args.max_new_tokens, "max_input_tokens": args.max_input_tokens}
-    load = {"device": args.device, "precision": args.precision, **caps}
+    load = {"device": args.device, "precision": args.precision, "compiled": args.compile, **caps}
     model = DemoModel.load(args.model, **load)
     log.info("completion model: %s", _describe(model))
     instruct = None

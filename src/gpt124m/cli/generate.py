@@ -21,11 +21,6 @@ class GenerateOptions(SamplingOptions):
     prompt: str | None = option(None, "prompt text (default: read stdin)")
     num_samples: int = option(1, "independent samples to print")
     stop: list[str] = option(default_factory=list, help="stop string (repeatable)", repeat=True)
-    compile: bool = option(
-        False,
-        "compile the decode step (torch.compile; one CUDA graph per step on CUDA): the first "
-        "sample waits for the compile, later tokens come several times faster on a GPU",
-    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -101,8 +101,10 @@ class DemoModel:
         name: str = "model",
         limits: Limits | None = None,
         template: str = "seed",
+        compiled: bool = False,
     ) -> None:
         self.model = model
+        self.compiled = compiled  # `stream_text(compiled=...)`: the decode step compiled
         self.tokenizer = tokenizer
         self.name = name
         self.limits = limits or Limits.for_context(model.config.block_size)
@@ -126,6 +128,7 @@ class DemoModel:
         max_input_tokens: int | None = None,
         instruct: bool = False,
         template: str | None = None,
+        compiled: bool = False,
     ) -> DemoModel:
         """Load a model directory or hub id as `gpt124m generate`/`chat` do.
 
@@ -133,7 +136,7 @@ class DemoModel:
         does; the panel names it as `display_name` does, never by its full path.
         """
         from gpt124m.checkpoint import read_config
-        from gpt124m.device import resolve_device, resolve_dtype
+        from gpt124m.device import require_compiler, resolve_device, resolve_dtype
         from gpt124m.loading import load_model, resolve_source
         from gpt124m.sft.chat import trained_template
         from gpt124m.tokenizer import get_tokenizer
@@ -141,7 +144,10 @@ class DemoModel:
         model_dir = resolve_source(source)
         if instruct and template is None:
             template = trained_template(read_config(model_dir))
-        model = load_model(model_dir, device=resolve_device(device), dtype=resolve_dtype(precision))
+        target = resolve_device(device)
+        if compiled:
+            require_compiler(target, "--compile")
+        model = load_model(model_dir, device=target, dtype=resolve_dtype(precision))
         limits = Limits.for_context(
             model.config.block_size,
             max_new_tokens=max_new_tokens,
@@ -153,6 +159,7 @@ class DemoModel:
             name=display_name(source),
             limits=limits,
             template=template or "seed",
+            compiled=compiled,
         )
 
     def info(self) -> dict[str, str]:
@@ -218,7 +225,9 @@ class DemoModel:
             raise DemoInputError("Enter a prompt first.")
         cfg = self.generation_config(sampling)
         self._check_length(prompt, "The prompt")
-        return _accumulate(stream_text(self.model, self.tokenizer, prompt, cfg))
+        return _accumulate(
+            stream_text(self.model, self.tokenizer, prompt, cfg, compiled=self.compiled)
+        )
 
     def respond(self, instruction: str, input_text: str, sampling: Sampling) -> Iterator[str]:
         """The response so far: the instruction template goes in, only the response comes out."""
@@ -227,7 +236,9 @@ class DemoModel:
         cfg = self.generation_config(sampling)
         prompt = format_prompt(instruction, input_text or "", self.template)
         self._check_length(prompt, "The instruction and input (with the template)")
-        return _accumulate(stream_text(self.model, self.tokenizer, prompt, cfg))
+        return _accumulate(
+            stream_text(self.model, self.tokenizer, prompt, cfg, compiled=self.compiled)
+        )
 
 
 def _accumulate(pieces: Iterator[str]) -> Iterator[str]:

@@ -25,10 +25,12 @@ def respond(
     *,
     template: str = "seed",
     cfg: GenerationConfig,
+    compiled: bool = False,
 ) -> Iterator[str]:
     """Stream the response to one instruction; it ends at EOS (or the token budget).
 
-    The budget is capped so prompt plus response fit the model's block.
+    The budget is capped so prompt plus response fit the model's block. `compiled` is
+    `stream_text`'s: a session of many answers pays the decode step's compile once.
     """
     if not instruction.strip():
         raise ValueError("the instruction is empty")
@@ -40,4 +42,4 @@ def respond(
         )
     budget = room if cfg.max_new_tokens is None else min(cfg.max_new_tokens, room)
     cfg = dataclasses.replace(cfg, max_new_tokens=budget, max_length=None)
-    return stream_text(model, tokenizer, prompt, cfg)
+    return stream_text(model, tokenizer, prompt, cfg, compiled=compiled)
