@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
+import weakref
 
 import torch
 
@@ -69,10 +71,15 @@ def _recorded(model, cfg, monkeypatch, compiled):
     return torch.stack(tokens), torch.stack(seen_logits)
 
 
+def _leased_buffer(model, batch: int = 1) -> torch.Tensor:
+    """The first layer's key buffer a call of `batch` rows would get."""
+    with decoder_for(model).lease(batch, 1) as (cache, _):
+        return cache.k[0]
+
+
 def _leased_k(model) -> int:
     """Where the buffers a call of the test's batch would get live."""
-    with decoder_for(model).lease(len(PROMPTS), 1) as (cache, _):
-        return cache.k[0].data_ptr()
+    return _leased_buffer(model, len(PROMPTS)).data_ptr()
 
 
 @needs_compiler
@@ -122,6 +129,19 @@ def test_overlapping_compiled_calls_keep_their_own_caches(tiny_model):
     assert torch.equal(torch.stack([a for a, _ in turns]), torch.stack(alone[0]))
     assert torch.equal(torch.stack([b for _, b in turns]), torch.stack(alone[1]))
     assert not torch.equal(torch.stack(alone[0]), torch.stack(alone[1]))
+
+
+@needs_compiler
+def test_a_model_used_compiled_is_freed_with_its_buffers(tiny_model):
+    """Neither the decoder registry, its leased buffers nor Dynamo's cache keep a dropped
+    model (and its KV cache) alive: a server that swaps models must get the memory back."""
+    model = copy.deepcopy(tiny_model)
+    generation.generate(model, PROMPTS[:1], GenerationConfig(max_new_tokens=4), compiled=True)
+    k = weakref.ref(_leased_buffer(model))
+    dropped = weakref.ref(model)
+    del model
+    gc.collect()
+    assert dropped() is None and k() is None
 
 
 def test_cli_compile_without_a_compiler_is_one_line(tiny_model_dir, monkeypatch, capsys):
