@@ -31,6 +31,10 @@ OTHER = "other"
 
 def kind_of(name: str) -> str:
     low = name.lower()
+    if low.startswith("triton_") and not low.startswith("triton_tem"):
+        # Inductor names a fused kernel after the ops it absorbed ("..._flash_attention_..."
+        # for a layout change feeding attention): it is Inductor's, whatever it mentions.
+        return "fused elementwise (Inductor)"
     for kind, needles in KINDS:
         if any(n in low for n in needles):
             return kind

@@ -32,6 +32,9 @@ def gpu_profile():
         ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64", "attention"),
         ("triton_per_fused__to_copy_add_native_layer_norm_0", "fused elementwise (Inductor)"),
         ("triton_red_fused__log_softmax_backward_data_1", "fused elementwise (Inductor)"),
+        ("triton_poi_fused__scaled_dot_product_flash_attention_transpose_3",
+         "fused elementwise (Inductor)"),
+        ("triton_tem_fused_addmm_gelu_5", "matmul"),
         ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::"
          "FusedOptimizerTensorListMetadata<4>, at::native::FusedAdamMathFunctor<float, 4>>",
          "optimizer and clipping"),
