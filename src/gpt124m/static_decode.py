@@ -126,10 +126,13 @@ class StaticDecoder:
 
 
 _DECODERS: weakref.WeakKeyDictionary[GPT, StaticDecoder] = weakref.WeakKeyDictionary()
+_DECODERS_LOCK = threading.Lock()
 
 
 def decoder_for(model: GPT) -> StaticDecoder:
-    """The model's `StaticDecoder`, made on first use and dropped with the model."""
-    if model not in _DECODERS:
-        _DECODERS[model] = StaticDecoder(model)
-    return _DECODERS[model]
+    """The model's `StaticDecoder`, made on first use (once, whichever thread asks first) and
+    dropped with the model."""
+    with _DECODERS_LOCK:
+        if model not in _DECODERS:
+            _DECODERS[model] = StaticDecoder(model)
+        return _DECODERS[model]
