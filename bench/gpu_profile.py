@@ -9,6 +9,7 @@ On the CPU (the smoke run) the same tables are built from the aten operators' ow
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -95,3 +96,40 @@ def kernel_time(step: Callable[[], None], device: torch.device, *, steps: int = 
         "kinds": kinds,
         "top": top,
     }
+
+
+def attention_backends(
+    batch: int, seq: int, heads: int, head_dim: int, device: torch.device, dtype: torch.dtype
+) -> list[dict]:
+    """Causal attention forward and backward at the training shape under each SDPA backend
+    alone, against SDPA's own choice: whether pinning a backend would pay, measured in the run
+    that shows attention's share of a step, without another compile."""
+    from gpu_common import time_steps
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    shape = (batch, heads, seq, head_dim)
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in "qkv")
+    grad = torch.randn(shape, device=device, dtype=dtype)
+
+    def step():
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out.backward(grad)
+
+    alone = (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)
+    for _ in range(5):  # first calls (thread pools, lazily loaded kernels) would tax row one
+        step()
+    rows = []
+    for backend in (None, *alone):
+        name = "default (SDPA's choice)" if backend is None else backend.name.lower()
+        try:
+            with contextlib.nullcontext() if backend is None else sdpa_kernel([backend]):
+                t = time_steps(step, device, warmup=3, windows=3, per_window=3)
+        except Exception as e:  # not available for this device, dtype or shape
+            rows.append({"backend": name, "fwd+bwd ms": None, "note": str(e).splitlines()[0][:120]})
+            continue
+        rows.append({"backend": name, "fwd+bwd ms": t["step_s"] * 1000, "note": ""})
+    base = rows[0]["fwd+bwd ms"]
+    for row in rows:
+        ms = row["fwd+bwd ms"]
+        row["speed vs default"] = None if ms is None or base is None else base / ms
+    return rows

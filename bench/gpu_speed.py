@@ -10,7 +10,7 @@ import torch
 from _baseline import transformers_gpt2
 from generate import copy_bandwidth  # bench/generate.py
 from gpu_common import Context, RandomBatches, Results, add_row, sync, time_steps, train_records
-from gpu_profile import kernel_time
+from gpu_profile import attention_backends, kernel_time
 
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
 from gpt124m.device import autocast as autocast_context
@@ -97,6 +97,15 @@ def throughput(ctx: Context, results: Results) -> None:
     results.headline("training attention can run on the flash kernel", results["flash_attention"])
     results["attention_backend"] = sdpa_choice(config, s["batch"], s["seq"], device, dtype)
     results.headline("SDPA's own choice for training attention", results["attention_backend"])
+    rows = attention_backends(s["batch"], s["seq"], config.n_head, config.head_dim, device, dtype)
+    results["tables"] = {**results.get("tables", {}), "attention backends (fwd+bwd)": rows}
+    timed = [r for r in rows[1:] if r["fwd+bwd ms"] is not None]
+    if timed and rows[0]["fwd+bwd ms"] is not None:
+        best = max(timed, key=lambda r: r["speed vs default"])
+        results.headline(
+            "fastest attention backend alone vs SDPA's choice",
+            f"{best['backend']} {best['speed vs default']:.2f}x",
+        )
     rates, failed = {}, {}
 
     def measure(impl: str, compiled: bool) -> None:

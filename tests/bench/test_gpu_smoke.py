@@ -77,6 +77,12 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
     assert all(r["tokens/s"] > 0 for r in rows)
     assert sections["throughput"]["results"]["flash_attention"] is True
     assert sections["throughput"]["results"]["attention_backend"] == "flash_attention"  # on CPU
+    # each backend alone: the CPU has the flash kernel only; the GPU ones are reported missing
+    default, *alone = sections["throughput"]["results"]["tables"]["attention backends (fwd+bwd)"]
+    assert default["fwd+bwd ms"] > 0 and default["speed vs default"] == 1
+    assert [r["backend"] for r in alone] == ["flash_attention", "cudnn_attention",
+                                              "efficient_attention"]  # fmt: skip
+    assert alone[0]["fwd+bwd ms"] > 0 and alone[1]["fwd+bwd ms"] is None and alone[1]["note"]
     # each compiled configuration's step broken down by kind of kernel (operator, on the CPU)
     for name in ("gpt124m + compile", "transformers + compile"):
         kinds = {r["kind"]: r["share"] for r in table("throughput", f"time by kind: {name}")}
