@@ -255,6 +255,12 @@ def main() -> int:
     report["meta"]["finished"] = _now()
     report["verdicts"] = verdicts(report)
     ctx.save()
+    try:
+        import gpu_plot
+
+        gpu_plot.save(report, out / "gpu.png")
+    except Exception as e:  # the figures are in gpu.json; `bench/gpu_plot.py` redraws
+        ctx.say(f"gpu.png not drawn: {type(e).__name__}: {e}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     print("\n".join(["", "summary:", *summary_lines(report)]), flush=True)

@@ -101,6 +101,38 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
     markdown = (tmp_path / "out" / "gpu.md").read_text()
     assert "| throughput | ok |" in markdown and meta["device"] in markdown
     assert "## Targets" in markdown and "compiled fit loop" in markdown
+    assert (tmp_path / "out" / "gpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plot_is_redrawn_from_a_report_and_bad_input_is_one_line(tmp_path):
+    gpu_plot = bench_module("gpu_plot")
+    report = {
+        "meta": {"device": "NVIDIA H200", "torch": "2.11.0", "date": "2026-12-06"},
+        "sections": {
+            "throughput": {"results": {"shape": {"preset": "gpt2", "batch": 32, "seq": 1024},
+                "tables": {"training step": [{"implementation": "gpt124m + compile",
+                                              "tokens/s": 412_000.0}]}}},
+            "decode": {"results": {"tables": {
+                "greedy decode, prompt 64, 128 new tokens, bf16": [
+                    {"batch": 1, "gpt124m tok/s": 300.0, "transformers tok/s": 200.0}],
+                "greedy decode compiled (compiled=True), prompt 64, 128 new tokens, bf16": [
+                    {"batch": 1, "compiled tok/s": 900.0}]}}},
+        },
+    }  # fmt: skip
+    assert gpu_plot._decode_series(report) == {
+        "gpt124m": {1: 300.0}, "transformers generate": {1: 200.0}, "gpt124m compiled": {1: 900.0}
+    }  # fmt: skip
+    source = tmp_path / "gpu.json"
+    source.write_text(json.dumps(report))
+    plot = [sys.executable, str(BENCH / "gpu_plot.py")]
+    done = subprocess.run([*plot, str(source)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "gpu.png").read_bytes()[:4] == b"\x89PNG"
+    source.write_text(json.dumps({"meta": {}, "sections": {}}))
+    done = subprocess.run([*plot, str(source)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "nothing to draw" in done.stdout
+    source.write_text("{not json")
+    done = subprocess.run([*plot, str(source)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "cannot read" in done.stderr
 
 
 def test_a_failing_section_is_recorded_and_the_rest_still_runs(tmp_path):
