@@ -9,26 +9,28 @@ runs; each has a time budget, and the whole run a deadline, --budget):
 1. correct_tiny   the `tiny` preset, 10 fp32 training steps on CUDA against the same on CPU
 2. throughput     `gpt2`, T=1024, B=32, bf16: tokens/s, MFU (datasheet and measured matmul peak)
                   and peak memory, eager and compiled, ours and transformers' GPT2LMHeadModel,
-                  the trainer's own loop (`fit`, compiled), the attention kernel SDPA picks, and
-                  where each compiled step's time goes (kernels by kind, the largest by name)
+                  the trainer's own loop (`fit`, compiled), the attention kernel SDPA picks and
+                  each backend alone, and where each compiled step's time goes (kernels by
+                  kind, the largest by name)
 3. hellaswag      scoring items/s under both conventions, projected to all 10,042 items
 4. correct_text   `gpt2`, 50 bf16 steps on the bundled corpus (prepared on the spot) with
                   --micro-batch-size auto: the loss falls; resuming from the step-25 checkpoint
                   continues the curve
 5. torchrun       `torchrun --nproc_per_node 1` (NCCL) under DDP and FSDP2, against one process
 6. card_24gb      the process capped at a 24 GB card: the micro-batch auto picks, tokens/s there
-7. loss           the training loss on 32 x 1024 bf16 logits: memory and time of gpt124m's
+7. decode         greedy decode tokens/s at batch 1, 8, 64 against transformers' `generate`;
+                  then compiled (`compiled=True`, a CUDA graph per step) at batch 1 and 64
+8. loss           the training loss on 32 x 1024 bf16 logits: memory and time of gpt124m's
                   blockwise cross-entropy against F.cross_entropy on an fp32 copy, eager, and
                   of the latter compiled (what gpt124m's loss is under torch.compile)
-8. decode         greedy decode tokens/s at batch 1, 8, 64 against transformers' `generate`;
-                  then compiled (`compiled=True`, a CUDA graph per step) at batch 1 and 64
 
 Before them, on CUDA, one tiny function goes through torch.compile (Inductor and Triton need a
 C compiler, Python's headers and libcuda there): its result heads the report, so that failed
 compiled rows are explained at a glance.
 
 Results go to OUT/gpu.json and OUT/gpu.md after every figure, so a timeout keeps what was done;
-each carries the date, device, torch version and command line. Exit status 1 if any section
+each carries the date, device, torch version and command line. At the end OUT/gpu.png pictures
+training and decode speed (bench/gpu_plot.py redraws it from any gpu.json). Exit status 1 if any section
 failed (targets missed are reported, not failures).
 """
 
@@ -203,7 +205,7 @@ def summary_lines(report: dict) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="folder for gpu.json and gpu.md (created)")
+    p.add_argument("--out", required=True, help="folder for gpu.json, gpu.md, gpu.png (created)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny preset, seconds: the CI check")
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     p.add_argument("--budget", type=float, default=360, help="seconds for the whole run")
@@ -264,7 +266,10 @@ def main() -> int:
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     print("\n".join(["", "summary:", *summary_lines(report)]), flush=True)
-    print(json.dumps({"json": str(out / "gpu.json"), "markdown": str(out / "gpu.md")}))
+    files = {"json": "gpu.json", "markdown": "gpu.md", "plot": "gpu.png"}
+    print(
+        json.dumps({kind: str(out / name) for kind, name in files.items() if (out / name).exists()})
+    )
     failed = [n for n, r in report["sections"].items() if r.get("status") != "ok"]
     return 1 if failed else 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -103,30 +104,36 @@ def attention_backends(
 ) -> list[dict]:
     """Causal attention forward and backward at the training shape under each SDPA backend
     alone, against SDPA's own choice: whether pinning a backend would pay, measured in the run
-    that shows attention's share of a step, without another compile."""
+    that shows attention's share of a step, without another compile. q, k and v are views of
+    one fused projection, as in the model, and the backward returns gradients instead of
+    accumulating them, so every row times attention alone."""
     from gpu_common import time_steps
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    shape = (batch, heads, seq, head_dim)
-    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in "qkv")
-    grad = torch.randn(shape, device=device, dtype=dtype)
+    width = heads * head_dim
+    qkv = torch.randn(batch, seq, 3 * width, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(batch, heads, seq, head_dim, device=device, dtype=dtype)
 
     def step():
+        q, k, v = (t.view(batch, seq, heads, head_dim).transpose(1, 2) for t in qkv.split(width, 2))
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        out.backward(grad)
+        torch.autograd.grad(out, qkv, grad)
 
     alone = (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)
-    for _ in range(5):  # first calls (thread pools, lazily loaded kernels) would tax row one
-        step()
     rows = []
     for backend in (None, *alone):
         name = "default (SDPA's choice)" if backend is None else backend.name.lower()
-        try:
-            with contextlib.nullcontext() if backend is None else sdpa_kernel([backend]):
-                t = time_steps(step, device, warmup=3, windows=3, per_window=3)
-        except Exception as e:  # not available for this device, dtype or shape
-            rows.append({"backend": name, "fwd+bwd ms": None, "note": str(e).splitlines()[0][:120]})
-            continue
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")  # SDPA says why a kernel declined as a warning
+            try:
+                with contextlib.nullcontext() if backend is None else sdpa_kernel([backend]):
+                    for _ in range(3 if rows else 6):  # first calls load kernels, spin threads
+                        step()
+                    t = time_steps(step, device, warmup=1, windows=3, per_window=3)
+            except Exception as e:  # not available for this device, dtype or shape
+                why = [str(w.message) for w in said] + [str(e) or type(e).__name__]
+                rows.append({"backend": name, "fwd+bwd ms": None, "note": why[0][:160]})
+                continue
         rows.append({"backend": name, "fwd+bwd ms": t["step_s"] * 1000, "note": ""})
     base = rows[0]["fwd+bwd ms"]
     for row in rows:

@@ -11,6 +11,7 @@ import torch
 from gpt124m.generate import (
     DEFAULT_MAX_NEW_TOKENS,
     GenerationConfig,
+    decode_steps,
     generate,
     generate_text,
     process_logits,
@@ -242,6 +243,19 @@ def test_generation_restores_training_mode(tiny_model, tok):
     stream = stream_text(model, tok, "a", greedy())
     next(stream)
     stream.close()  # abandoned midway, as a client that disconnects
+    assert model.training
+
+
+def test_overlapping_calls_decode_in_eval_and_restore_the_mode_once(tiny_model):
+    """Two calls consumed in turns on a model in training mode: the one that ends first must
+    not switch the other back to training (dropout) midway, and the model ends as it began."""
+    model = copy.deepcopy(tiny_model).train()
+    first, second = (decode_steps(model, PROMPTS, greedy(max_new_tokens=4)) for _ in range(2))
+    next(first)
+    next(second)
+    first.close()
+    assert not model.training  # `second` is still decoding
+    list(second)
     assert model.training
 
 

@@ -124,6 +124,12 @@ def test_overlapping_compiled_calls_keep_their_own_caches(tiny_model):
     cfg = GenerationConfig(max_new_tokens=16, eos_token_id=None)
     batches = [PROMPTS, [p[::-1] for p in PROMPTS]]
     alone = [[t.clone() for t, _ in decode_steps(model, b, cfg)] for b in batches]
+    idle = _leased_buffer(model, len(PROMPTS))  # a warm decoder: idle buffers of this shape
+    # a call abandoned midway gives its buffers back (the next call gets the same ones)
+    abandoned = decode_steps(model, PROMPTS, cfg, compiled=True)
+    next(abandoned)
+    abandoned.close()
+    assert _leased_buffer(model, len(PROMPTS)) is idle
     first, second = (decode_steps(model, b, cfg, compiled=True) for b in batches)
     turns = [(a.clone(), b.clone()) for (a, _), (b, _) in zip(first, second, strict=True)]
     assert torch.equal(torch.stack([a for a, _ in turns]), torch.stack(alone[0]))
@@ -134,14 +140,19 @@ def test_overlapping_compiled_calls_keep_their_own_caches(tiny_model):
 @needs_compiler
 def test_a_model_used_compiled_is_freed_with_its_buffers(tiny_model):
     """Neither the decoder registry, its leased buffers nor Dynamo's cache keep a dropped
-    model (and its KV cache) alive: a server that swaps models must get the memory back."""
+    model (and its KV cache) alive: a server that swaps models gets the memory back. (Checked on
+    the CPU; on CUDA the CUDA-graph memory pools are torch's to keep.) Torch before 2.11 keeps
+    the cache: its Dynamo stores the static-address inputs in the compiled graph, which stays
+    in the step's code cache (seen with 2.9; 2.11 and 2.13 free it)."""
     model = copy.deepcopy(tiny_model)
     generation.generate(model, PROMPTS[:1], GenerationConfig(max_new_tokens=4), compiled=True)
     k = weakref.ref(_leased_buffer(model))
     dropped = weakref.ref(model)
     del model
     gc.collect()
-    assert dropped() is None and k() is None
+    assert dropped() is None
+    if torch.__version__ >= "2.11":  # a TorchVersion: compared as a version, not as text
+        assert k() is None
 
 
 def test_cli_compile_without_a_compiler_is_one_line(tiny_model_dir, monkeypatch, capsys):

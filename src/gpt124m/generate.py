@@ -12,6 +12,8 @@ than silently sliding a window, since a window changes what the model conditions
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -147,10 +149,8 @@ def decode_steps(
     filler = torch.tensor(pad_id, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
 
-    was_training = model.training
-    model.eval()
     with contextlib.ExitStack() as leases:
-        leases.callback(model.train, was_training)
+        leases.enter_context(_in_eval_mode(model))
         with torch.inference_mode():
             ids, mask = _left_pad(prompts, longest, device, pad_id)
             attention_mask = None if bool(mask.all()) else mask
@@ -190,6 +190,30 @@ def decode_steps(
                 if attention_mask is not None:
                     attention_mask = torch.cat([attention_mask, mask.new_ones(B, 1)], dim=1)
                 logits, _ = model(tokens[:, None], attention_mask=attention_mask, cache=cache)
+
+
+_DECODING: weakref.WeakKeyDictionary[GPT, tuple[int, bool]] = weakref.WeakKeyDictionary()
+_DECODING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _in_eval_mode(model: GPT) -> Iterator[None]:
+    """Eval mode while any call decodes with `model`; the first call in saves the training flag
+    and the last one out restores it, so calls that overlap (generators consumed in turns,
+    server threads) neither turn dropout back on under each other nor leave the mode changed."""
+    with _DECODING_LOCK:
+        calls, was_training = _DECODING.get(model, (0, model.training))
+        _DECODING[model] = (calls + 1, was_training)
+        model.eval()
+    try:
+        yield
+    finally:
+        with _DECODING_LOCK:
+            calls, was_training = _DECODING.pop(model)
+            if calls > 1:
+                _DECODING[model] = (calls - 1, was_training)
+            else:
+                model.train(was_training)
 
 
 def _left_pad(

@@ -73,13 +73,13 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
         "gpt124m fit() loop",
         "transformers",
         "transformers + compile",
-    ]  # fmt: skip  (the headline fit() row before transformers' compiles can take its time)
+    ]  # fmt: skip
     assert all(r["tokens/s"] > 0 for r in rows)
     assert sections["throughput"]["results"]["flash_attention"] is True
     assert sections["throughput"]["results"]["attention_backend"] == "flash_attention"  # on CPU
     # each backend alone: the CPU has the flash kernel only; the GPU ones are reported missing
     default, *alone = sections["throughput"]["results"]["tables"]["attention backends (fwd+bwd)"]
-    assert default["fwd+bwd ms"] > 0 and default["speed vs default"] == 1
+    assert default["fwd+bwd ms"] > 0
     assert [r["backend"] for r in alone] == ["flash_attention", "cudnn_attention",
                                               "efficient_attention"]  # fmt: skip
     assert alone[0]["fwd+bwd ms"] > 0 and alone[1]["fwd+bwd ms"] is None and alone[1]["note"]
@@ -102,6 +102,11 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
     assert "| throughput | ok |" in markdown and meta["device"] in markdown
     assert "## Targets" in markdown and "compiled fit loop" in markdown
     assert (tmp_path / "out" / "gpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the picture's decode panel finds every series in the tables the run wrote
+    series = bench_module("gpu_plot")._decode_series(report)
+    assert {name: sorted(points) for name, points in series.items()} == {
+        "gpt124m": [1, 8, 64], "transformers generate": [1, 8, 64], "gpt124m compiled": [1]
+    }  # fmt: skip
 
 
 def test_the_plot_is_redrawn_from_a_report_and_bad_input_is_one_line(tmp_path):

@@ -8,7 +8,8 @@ from gpt124m.flags import DEVICE_HELP, WEIGHT_PRECISIONS, option
 
 COMPILE_HELP = (
     "compile the decode step (torch.compile; one CUDA graph per step on CUDA): the first "
-    "answer waits for the compile, later tokens come several times faster on a GPU"
+    "call of each cache length waits for the compile, later tokens come several times faster "
+    "on a GPU"
 )
 
 

@@ -41,7 +41,8 @@ class DemoOptions:
     compile: bool = option(
         False,
         "compile the decode step (torch.compile; one CUDA graph per step on CUDA): the first "
-        "request of each batch shape waits for the compile, later ones decode faster on a GPU",
+        "request of each cache length (prompt plus new tokens, rounded up to 256) waits for the "
+        "compile, later ones decode faster on a GPU",
     )
 
 

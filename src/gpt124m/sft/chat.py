@@ -30,7 +30,8 @@ def respond(
     """Stream the response to one instruction; it ends at EOS (or the token budget).
 
     The budget is capped so prompt plus response fit the model's block. `compiled` is
-    `stream_text`'s: a session of many answers pays the decode step's compile once.
+    `stream_text`'s: a session of many answers compiles the decode step once per cache length
+    (prompt plus budget, rounded up to 256 tokens), not once per answer.
     """
     if not instruction.strip():
         raise ValueError("the instruction is empty")
