@@ -30,8 +30,8 @@ compiled rows are explained at a glance.
 
 Results go to OUT/gpu.json and OUT/gpu.md after every figure, so a timeout keeps what was done;
 each carries the date, device, torch version and command line. At the end OUT/gpu.png pictures
-training and decode speed (bench/gpu_plot.py redraws it from any gpu.json). Exit status 1 if any section
-failed (targets missed are reported, not failures).
+training and decode speed (bench/gpu_plot.py redraws it from any gpu.json). Exit status 1 if any
+section failed (targets missed are reported, not failures).
 """
 
 from __future__ import annotations

@@ -89,17 +89,10 @@ def figure(report: dict):
 
 def save(report: dict, path: Path) -> Path | None:
     """Write the figure as PNG (atomically); None when the report has nothing to draw."""
-    from gpt124m.atomic import atomic_path
+    from gpt124m.atomic import atomic_save_png
 
-    fig = figure(report)
-    if fig is None:
-        return None
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    fig = figure(report)  # selects the Agg backend before pyplot is imported
+    return None if fig is None else atomic_save_png(fig, path)
 
 
 def main() -> int:

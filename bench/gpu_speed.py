@@ -108,6 +108,10 @@ def throughput(ctx: Context, results: Results) -> None:
         )
     rates, failed = {}, {}
 
+    def record_failure(name: str, e: Exception) -> None:
+        failed[name] = f"{type(e).__name__}: {str(e)[:300]}"
+        results["failed"] = failed
+
     def measure(impl: str, compiled: bool) -> None:
         name = impl + (" + compile" if compiled else "")
         ctx.say(f"throughput: {name}")
@@ -122,8 +126,7 @@ def throughput(ctx: Context, results: Results) -> None:
             if compiled and ctx.seconds_left() > PROFILE_RESERVE_S:
                 profiled(results, name, step, device)
         except Exception as e:
-            failed[name] = f"{type(e).__name__}: {str(e)[:300]}"
-            results["failed"] = failed
+            record_failure(name, e)
             return
         finally:
             del model, forward, step
@@ -139,8 +142,7 @@ def throughput(ctx: Context, results: Results) -> None:
     try:
         fit_row(ctx, s, results, fpt, datasheet, measured)
     except Exception as e:
-        failed["fit() loop"] = f"{type(e).__name__}: {str(e)[:300]}"
-        results["failed"] = failed
+        record_failure("fit() loop", e)
     finally:
         ctx.cleanup_device()
     measure("transformers", False)

@@ -61,3 +61,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def atomic_save_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """A matplotlib figure as a PNG, written atomically, then closed: pyplot keeps every figure
+    it made alive until it is closed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return path

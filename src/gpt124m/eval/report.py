@@ -156,13 +156,7 @@ def comparison_figure(rows: Sequence[Row], title: str = ""):
 
 def plot_comparison(rows: Sequence[Row], path: str | os.PathLike, title: str = "") -> Path:
     """`comparison_figure` as a PNG, written atomically."""
-    from gpt124m.atomic import atomic_path
+    from gpt124m.atomic import atomic_save_png
 
     fig = comparison_figure(rows, title)  # selects the Agg backend before pyplot is imported
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return atomic_save_png(fig, path, dpi=120)

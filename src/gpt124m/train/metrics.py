@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gpt124m.atomic import atomic_path
+from gpt124m.atomic import atomic_path, atomic_save_png
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,4 @@ def plot_curves(records: list[dict[str, Any]], out_path: Path, title: str = "") 
     fig = curves_figure(records, title)  # selects the Agg backend before pyplot is imported
     if fig is None:
         return None
-    import matplotlib.pyplot as plt
-
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out_path
+    return atomic_save_png(fig, out_path)
