@@ -93,8 +93,8 @@ def time_hf(model, prompts, new: int, device=None) -> tuple[float, list[list[int
             max_new_tokens=new,
             do_sample=False,
         )
-    elapsed = time.perf_counter() - start
-    return elapsed, out[:, ids.size(1) :].tolist()
+    tokens = out[:, ids.size(1) :].tolist()  # on the host, as time_ours's are
+    return time.perf_counter() - start, tokens
 
 
 def first_divergence(a: list[list[int]], b: list[list[int]]) -> str:

@@ -73,6 +73,8 @@ class Context:
     started: float = dataclasses.field(default_factory=time.monotonic)
     section_deadline: float = float("inf")  # set by gpu.py's run_section
     ceilings: dict[str, float] = dataclasses.field(default_factory=dict)
+    # plain data one section leaves for a later one (never tensors: each section frees its own)
+    carried: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def seconds_left(self) -> float:
         """Until the running section's budget is spent."""

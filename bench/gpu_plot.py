@@ -24,7 +24,8 @@ def _tables(report: dict, section: str) -> dict:
 def _decode_series(report: dict) -> dict[str, dict[int, float]]:
     """tokens/s by batch for each decoder: gpt124m eager and compiled, transformers."""
     series: dict[str, dict[int, float]] = {}
-    for title, rows in _tables(report, "decode").items():
+    tables = {**_tables(report, "decode"), **_tables(report, "decode_compiled")}
+    for title, rows in tables.items():
         for row in rows:
             batch = row["batch"]
             if title.startswith("greedy decode compiled"):

@@ -34,7 +34,7 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
     sections = report["sections"]
     assert {n: r["status"] for n, r in sections.items()} == dict.fromkeys(
         ["correct_tiny", "correct_text", "torchrun", "card_24gb", "loss", "hellaswag",
-         "decode", "throughput"], "ok"
+         "decode", "decode_compiled", "throughput"], "ok"
     ), output  # fmt: skip
     assert code == 0, output
     meta = report["meta"]
@@ -63,7 +63,7 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
         assert kept["kept for backward MiB"] < copy["kept for backward MiB"] / 10
     assert [r["batch"] for r in table("decode", "greedy decode")] == [1, 8, 64]
     assert all(r["gpt124m share of memory floor"] > 0 for r in table("decode", "greedy decode"))
-    (compiled,) = table("decode", "greedy decode compiled")  # batch 1 in the smoke run
+    (compiled,) = table("decode_compiled", "greedy decode compiled")  # batch 1 in the smoke run
     assert compiled["rows equal to eager"] == "1/1" and compiled["first call s (compile)"] > 0
     assert sections["throughput"]["results"]["peaks"]["measured_copy_bytes_per_s"] > 1e8
     rows = table("throughput", "training step")
@@ -71,8 +71,8 @@ def test_every_section_runs_on_cpu_and_reports(tmp_path):
         "gpt124m",
         "gpt124m + compile",
         "gpt124m fit() loop",
-        "transformers",
         "transformers + compile",
+        "transformers",
     ]  # fmt: skip
     assert all(r["tokens/s"] > 0 for r in rows)
     assert sections["throughput"]["results"]["flash_attention"] is True
@@ -119,7 +119,8 @@ def test_the_plot_is_redrawn_from_a_report_and_bad_input_is_one_line(tmp_path):
                                               "tokens/s": 412_000.0}]}}},
             "decode": {"results": {"tables": {
                 "greedy decode, prompt 64, 128 new tokens, bf16": [
-                    {"batch": 1, "gpt124m tok/s": 300.0, "transformers tok/s": 200.0}],
+                    {"batch": 1, "gpt124m tok/s": 300.0, "transformers tok/s": 200.0}]}}},
+            "decode_compiled": {"results": {"tables": {
                 "greedy decode compiled (compiled=True), prompt 64, 128 new tokens, bf16": [
                     {"batch": 1, "compiled tok/s": 900.0}]}}},
         },
@@ -166,6 +167,25 @@ def test_a_section_out_of_time_stops_as_a_timeout(tmp_path):
     throughput = report["sections"]["throughput"]
     assert throughput["status"] == "timeout", output
     assert throughput["seconds"] < 15 and code == 1, output
+
+
+def test_a_section_is_not_started_with_less_time_than_it_needs(tmp_path):
+    """torchrun needs 50 s: with 40 left of the run it is skipped (to rerun with --sections),
+    not started only to be stopped midway."""
+    code, report, output = smoke(
+        tmp_path / "out", "--sections", "torchrun", "--budget", "40", timeout=120
+    )
+    torchrun = report["sections"]["torchrun"]
+    assert torchrun["status"] == "skipped" and "needs 50" in torchrun["error"], output
+    assert not (tmp_path / "out" / "torchrun-ddp.log").exists()
+    assert code == 1
+
+
+def test_compiled_decoding_without_the_eager_rows_says_what_it_needs(tmp_path):
+    code, report, output = smoke(tmp_path / "out", "--sections", "decode_compiled", timeout=120)
+    compiled = report["sections"]["decode_compiled"]
+    assert compiled["status"] == "error" and "decode section" in compiled["error"], output
+    assert code == 1
 
 
 # A stand-in for torchrun: it starts its worker in a session of its own (as torchrun does), so
