@@ -201,7 +201,7 @@ def inductor_check(device: torch.device) -> str:
 def summary_lines(report: dict) -> list[str]:
     lines = []
     for name, record in report["sections"].items():
-        lines.append(f"{name:<14} {record.get('status', '?'):<8} {record.get('seconds', '')} s")
+        lines.append(f"{name:<16} {record.get('status', '?'):<8} {record.get('seconds', '')} s")
         for key, value in record.get("results", {}).get("headline", {}).items():
             lines.append(f"    {key}: {value}")
     lines.append("targets:")
