@@ -363,7 +363,7 @@ def card_24gb(ctx: Context, results: Results) -> None:
     rate = micro * s["seq"] / t["step_s"]
     add_row(
         results,
-        "at the chosen micro-batch (eager)",
+        "at the chosen micro-batch (eager, AdamW after each: a floor)",
         {
             "micro-batch": micro,
             **_row(

@@ -27,6 +27,6 @@ def test_an_oom_at_the_chosen_micro_batch_is_reported_and_halved(tmp_path, monke
     gpu_speed.card_24gb(ctx, results)
     chosen = max(t["micro-batch"] for t in results["tables"]["auto trials"] if t["fits"])
     assert timed == [chosen, chosen // 2] and results["chosen_oom"] == chosen
-    (row,) = results["tables"]["at the chosen micro-batch (eager)"]
+    (row,) = results["tables"]["at the chosen micro-batch (eager, AdamW after each: a floor)"]
     assert row["micro-batch"] == chosen // 2 and row["tokens/s"] > 0
     assert results["headline"]["OUT OF MEMORY at the chosen micro-batch"] == chosen
