@@ -97,6 +97,31 @@ def time_hf(model, prompts, new: int, device=None) -> tuple[float, list[list[int
     return time.perf_counter() - start, tokens
 
 
+def race(ours, hf, prompts, new: int, repeats: int, device=None):
+    """Ours and transformers' `generate` on the same prompts, each warmed up on 4 tokens (the
+    allocator, kernels, first-call paths), then timed in turns: (best seconds, tokens) of each."""
+    time_ours(ours, prompts, 4)
+    time_hf(hf, prompts, 4, device)
+    best_ours = best_hf = float("inf")
+    for _ in range(repeats):
+        t, ours_out = time_ours(ours, prompts, new)
+        best_ours = min(best_ours, t)
+        t, hf_out = time_hf(hf, prompts, new, device)
+        best_hf = min(best_hf, t)
+    return (best_ours, ours_out), (best_hf, hf_out)
+
+
+def time_compiled(model, prompts, new: int, repeats: int) -> tuple[float, float, list[list[int]]]:
+    """Ours with `compiled=True`: the first call's seconds (on 4 tokens: the compile and, on
+    CUDA, the graph's recording), the best of `repeats` calls and their tokens."""
+    first, _ = time_ours(model, prompts, 4, compiled=True)
+    best = float("inf")
+    for _ in range(repeats):
+        t, out = time_ours(model, prompts, new, compiled=True)
+        best = min(best, t)
+    return first, best, out
+
+
 def first_divergence(a: list[list[int]], b: list[list[int]]) -> str:
     if a == b:
         return "identical"
@@ -160,14 +185,9 @@ def main() -> None:
         for batch in args.batch:
             prompts = torch.randint(0, GPT2_VOCAB_SIZE, (batch, args.prompt_len), generator=g)
             prompts = prompts.tolist()
-            time_ours(ours, prompts, 4)  # warm-up: allocator, kernels, first-call paths
-            time_hf(reference, prompts, 4)
-            best_ours = best_hf = float("inf")
-            for _ in range(args.repeats):
-                t, ours_out = time_ours(ours, prompts, args.new_tokens)
-                best_ours = min(best_ours, t)
-                t, hf_out = time_hf(reference, prompts, args.new_tokens)
-                best_hf = min(best_hf, t)
+            (best_ours, ours_out), (best_hf, hf_out) = race(
+                ours, reference, prompts, args.new_tokens, args.repeats
+            )
             new = batch * args.new_tokens
             step_bytes = decode_bytes_per_step(
                 config, batch, args.prompt_len, args.new_tokens, elem
@@ -189,11 +209,7 @@ def main() -> None:
 def compiled_columns(model, prompts, args, eager_out, best_hf: float) -> str:
     """The same decode with `compiled=True`: tokens/s, against HF, and the first call's seconds
     (the compile); a mismatch with the eager tokens is flagged."""
-    first, _ = time_ours(model, prompts, 4, compiled=True)
-    best = float("inf")
-    for _ in range(args.repeats):
-        t, out = time_ours(model, prompts, args.new_tokens, compiled=True)
-        best = min(best, t)
+    first, best, out = time_compiled(model, prompts, args.new_tokens, args.repeats)
     new = len(prompts) * args.new_tokens
     flag = "" if out == eager_out else f" ({first_divergence(out, eager_out)} from eager)"
     return f"  {new / best:>14.1f} {best_hf / best:>10.2f}x {first:>9.1f}{flag}"

@@ -7,7 +7,7 @@ import time
 
 import torch
 from _baseline import transformers_gpt2
-from generate import decode_bytes_per_step, time_hf, time_ours  # bench/generate.py
+from generate import decode_bytes_per_step, race, time_compiled  # bench/generate.py
 from gpu_common import Context, Results, add_row, sync
 from gpu_speed import device_copy_bandwidth
 
@@ -98,14 +98,8 @@ def decode(ctx: Context, results: Results) -> None:
     eager = ctx.carried.setdefault("decode", {})  # for decode_compiled: plain numbers and tokens
     for batch in (1, 8, 64):
         prompts = torch.randint(0, GPT2_VOCAB_SIZE, (batch, prompt_len), generator=g).tolist()
-        time_ours(ours, prompts, 4)
-        time_hf(hf, prompts, 4, ctx.device)
-        best_ours = best_hf = float("inf")
-        for _ in range(1 if ctx.smoke else 2):
-            t, ours_out = time_ours(ours, prompts, new)
-            best_ours = min(best_ours, t)
-            t, hf_out = time_hf(hf, prompts, new, ctx.device)
-            best_hf = min(best_hf, t)
+        repeats = 1 if ctx.smoke else 2
+        (best_ours, ours_out), (best_hf, hf_out) = race(ours, hf, prompts, new, repeats, ctx.device)
         same = sum(a == b for a, b in zip(ours_out, hf_out, strict=True))
         # tokens/s if each step only read its bytes (bench/generate.py's model of them)
         floor = batch * bandwidth / decode_bytes_per_step(config, batch, prompt_len, new, elem)
@@ -143,11 +137,7 @@ def decode_compiled(ctx: Context, results: Results) -> None:
     for batch in [b for b in ((1,) if ctx.smoke else (1, 64)) if b in eager]:
         best_eager, best_hf, eager_out, prompts, floor = eager[batch]
         skips = counters["inductor"]["cudagraph_skips"]
-        first, _ = time_ours(ours, prompts, 4, compiled=True)  # compiles, records the graph
-        best = float("inf")
-        for _ in range(1 if ctx.smoke else 2):
-            t, out = time_ours(ours, prompts, new, compiled=True)
-            best = min(best, t)
+        first, best, out = time_compiled(ours, prompts, new, 1 if ctx.smoke else 2)
         same = sum(a == b for a, b in zip(out, eager_out, strict=True))
         add_row(
             results,
