@@ -199,9 +199,11 @@ def inductor_check(device: torch.device) -> str:
 
 
 def summary_lines(report: dict) -> list[str]:
-    lines = []
+    lines, width = [], max(map(len, SECTIONS))
     for name, record in report["sections"].items():
-        lines.append(f"{name:<16} {record.get('status', '?'):<8} {record.get('seconds', '')} s")
+        lines.append(
+            f"{name:<{width}} {record.get('status', '?'):<8} {record.get('seconds', '')} s"
+        )
         for key, value in record.get("results", {}).get("headline", {}).items():
             lines.append(f"    {key}: {value}")
     lines.append("targets:")
