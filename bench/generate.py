@@ -146,10 +146,20 @@ def main() -> None:
         "--compiled", action="store_true", help="also time ours with compiled=True (compiles first)"
     )
     args = p.parse_args()
+    try:
+        config = get_preset(args.preset)
+    except ValueError as e:
+        p.error(str(e))
+    if args.prompt_len < 1 or args.new_tokens < 1:
+        p.error("--prompt-len and --new-tokens must be at least 1")
+    if args.prompt_len + args.new_tokens > config.block_size:
+        p.error(
+            f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds the "
+            f"{args.preset} preset's block size ({config.block_size})"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    config = get_preset(args.preset)
     torch.manual_seed(args.seed)
     reference = hf_model(config)
     ours = build_model(config, gpt2_to_native(reference.state_dict()), "random HF")
