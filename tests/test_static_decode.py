@@ -11,6 +11,7 @@ import weakref
 import torch
 
 import gpt124m.generate as generation
+from gpt124m.flags import DECODE_COMPILE_HELP
 from gpt124m.generate import GenerationConfig, decode_steps
 from gpt124m.model import KVCache
 from gpt124m.static_decode import CACHE_ROUND, decode_step, decoder_for
@@ -163,3 +164,9 @@ def test_cli_compile_without_a_compiler_is_one_line(tiny_model_dir, monkeypatch,
     assert main([*argv, "--prompt", "Hello"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--compile on CPU needs a C++ compiler" in err
+
+
+def test_the_compile_flags_help_states_the_cache_rounding_decoding_uses():
+    """`generate/chat/demo --compile --help` quotes the rounding as a literal (the flags module
+    imports no torch): it must be the one `static_decode` applies."""
+    assert f"rounded up to {CACHE_ROUND})" in DECODE_COMPILE_HELP

@@ -23,6 +23,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WEIGHT_PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICE_HELP = "auto, cpu, cuda[:N] or mps"
 TORCHRUN_DEVICE_HELP = DEVICE_HELP + "; under torchrun each rank takes cuda:LOCAL_RANK"
+# `--compile` of generate, chat and demo; the rounding is `static_decode.CACHE_ROUND` (this module
+# imports no torch), which a test holds it to.
+DECODE_COMPILE_HELP = (
+    "compile the decode step (torch.compile; one CUDA graph per step on CUDA): the first call of "
+    "each cache length (prompt plus new tokens, rounded up to 256) waits for the compile, later "
+    "ones decode faster on a GPU"
+)
 
 
 def option(

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt124m.flags import DEVICE_HELP, WEIGHT_PRECISIONS, option
-
-COMPILE_HELP = (
-    "compile the decode step (torch.compile; one CUDA graph per step on CUDA): the first "
-    "call of each cache length waits for the compile, later tokens come several times faster "
-    "on a GPU"
-)
+from gpt124m.flags import DECODE_COMPILE_HELP, DEVICE_HELP, WEIGHT_PRECISIONS, option
 
 
 @dataclass(kw_only=True)
@@ -24,7 +18,7 @@ class SamplingOptions:
     seed: int | None = option(None, "sampling seed (default: random)")
     device: str = option("auto", DEVICE_HELP)
     precision: str = option("fp32", "the weights' precision", choices=WEIGHT_PRECISIONS)
-    compile: bool = option(False, COMPILE_HELP)
+    compile: bool = option(False, DECODE_COMPILE_HELP)
 
 
 def generation_config(opts: SamplingOptions, *, stop: tuple[str, ...] = ()):

@@ -5,7 +5,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from gpt124m.flags import DEVICE_HELP, WEIGHT_PRECISIONS, from_args, option
+from gpt124m.flags import DECODE_COMPILE_HELP, DEVICE_HELP, WEIGHT_PRECISIONS, from_args, option
 from gpt124m.flags import add_arguments as add_flags
 from gpt124m.sft.template import TEMPLATES
 
@@ -38,12 +38,7 @@ class DemoOptions:
     queue_size: int = option(16, "requests waiting at most")
     device: str = option("auto", DEVICE_HELP)
     precision: str = option("fp32", "the weights' precision", choices=WEIGHT_PRECISIONS)
-    compile: bool = option(
-        False,
-        "compile the decode step (torch.compile; one CUDA graph per step on CUDA): the first "
-        "request of each cache length (prompt plus new tokens, rounded up to 256) waits for the "
-        "compile, later ones decode faster on a GPU",
-    )
+    compile: bool = option(False, DECODE_COMPILE_HELP)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
