@@ -59,6 +59,11 @@ class Results(dict):
         self.setdefault("headline", {})[key] = value
         self._save()
 
+    def table(self, title: str, rows: list[dict]) -> None:
+        """A whole table, beside the section's others (replacing one of the same title)."""
+        self.setdefault("tables", {})[title] = rows
+        self._save()
+
 
 @dataclasses.dataclass
 class Context:

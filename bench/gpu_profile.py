@@ -99,13 +99,23 @@ def kernel_time(step: Callable[[], None], device: torch.device, *, steps: int = 
     }
 
 
+def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+    """q, k and v [B, H, T, D] as views of one fused projection [B, T, 3C], as both models make
+    them (the layout decides which kernels SDPA may pick)."""
+    batch, seq, fused = qkv.shape
+    width = fused // 3
+    return tuple(
+        t.view(batch, seq, heads, width // heads).transpose(1, 2) for t in qkv.split(width, 2)
+    )
+
+
 def attention_backends(
     batch: int, seq: int, heads: int, head_dim: int, device: torch.device, dtype: torch.dtype
 ) -> list[dict]:
     """Causal attention forward and backward at the training shape under each SDPA backend
     alone, against SDPA's own choice: whether pinning a backend would pay, measured in the run
     that shows attention's share of a step, without another compile. q, k and v are views of
-    one fused projection, as in the model, and the backward returns gradients instead of
+    one fused projection (`split_heads`), and the backward returns gradients instead of
     accumulating them, so every row times attention alone."""
     from gpu_common import time_steps
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -115,8 +125,9 @@ def attention_backends(
     grad = torch.randn(batch, heads, seq, head_dim, device=device, dtype=dtype)
 
     def step():
-        q, k, v = (t.view(batch, seq, heads, head_dim).transpose(1, 2) for t in qkv.split(width, 2))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            *split_heads(qkv, heads), is_causal=True
+        )
         torch.autograd.grad(out, qkv, grad)
 
     alone = (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)

@@ -10,7 +10,7 @@ import torch
 from _baseline import transformers_gpt2
 from generate import copy_bandwidth  # bench/generate.py
 from gpu_common import Context, RandomBatches, Results, add_row, sync, time_steps, train_records
-from gpu_profile import attention_backends, kernel_time
+from gpu_profile import attention_backends, kernel_time, split_heads
 
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
 from gpt124m.device import autocast as autocast_context
@@ -98,7 +98,7 @@ def throughput(ctx: Context, results: Results) -> None:
     results["attention_backend"] = sdpa_choice(config, s["batch"], s["seq"], device, dtype)
     results.headline("SDPA's own choice for training attention", results["attention_backend"])
     rows = attention_backends(s["batch"], s["seq"], config.n_head, config.head_dim, device, dtype)
-    results["tables"] = {**results.get("tables", {}), "attention backends (fwd+bwd)": rows}
+    results.table("attention backends (fwd+bwd)", rows)
     timed = [r for r in rows[1:] if r["fwd+bwd ms"] is not None]
     if timed and rows[0]["fwd+bwd ms"] is not None:
         best = max(timed, key=lambda r: r["speed vs default"])
@@ -195,11 +195,8 @@ def profiled(results: Results, name: str, step, device: torch.device) -> None:
     results.headline(
         f"time by kind, {name}", shares + ("" if busy is None else f"; device busy {busy:.0%}")
     )
-    results["tables"] = {
-        **results.get("tables", {}),
-        f"time by kind: {name}": profile["kinds"],
-        f"largest kernels: {name}": profile["top"],
-    }
+    results.table(f"time by kind: {name}", profile["kinds"])
+    results.table(f"largest kernels: {name}", profile["top"])
 
 
 def flash_attention_runs(config, inputs, targets, device, dtype) -> bool | str:
@@ -226,7 +223,7 @@ def sdpa_choice(config, batch: int, seq: int, device, dtype) -> str:
     c, h = config.n_embd, config.n_head
     # requires_grad: SDPA's choice for training also checks the backward's constraints
     qkv = torch.randn(batch, seq, 3 * c, device=device, dtype=dtype, requires_grad=True)
-    q, k, v = (t.view(batch, seq, h, c // h).transpose(1, 2) for t in qkv.split(c, dim=2))
+    q, k, v = split_heads(qkv, h)
     try:
         return SDPBackend(torch._fused_sdp_choice(q, k, v, is_causal=True)).name.lower()
     except (AttributeError, RuntimeError, ValueError) as e:  # a private function: may change
@@ -340,7 +337,7 @@ def card_24gb(ctx: Context, results: Results) -> None:
     finally:
         trial.close()
     results["search_s"] = time.perf_counter() - start
-    results["tables"] = {"auto trials": tried}
+    results.table("auto trials", tried)
     ctx.say(f"card_24gb: auto picked {micro}; timing it")
     model = model.to(device).train()
     chosen, t = micro, None

@@ -109,7 +109,7 @@ def section(ctx, results) -> None:
     batch, seq = (2, 64) if ctx.smoke else (32, 1024)
     title = f"loss on {batch} x {seq} bf16 logits, forward and backward"
     rows = with_ratios(measure(ctx.device, batch, seq))
-    results["tables"] = {title: rows}
+    results.table(title, rows)
     ours, theirs = rows[1], rows[0]
     key = "peak above inputs MiB" if "peak above inputs MiB" in ours else "kept for backward MiB"
     results.headline(
@@ -117,7 +117,7 @@ def section(ctx, results) -> None:
         f"{ours[key]:,.0f} vs {theirs[key]:,.0f} MiB; time {ours['time vs fp32 copy']:.2f}x",
     )
     rows = with_ratios(rows + measure(ctx.device, batch, seq, compile=True))
-    results["tables"] = {title: rows}
+    results.table(title, rows)
     compiled = rows[2]
     results.headline(
         f"compiled loss ({key.removesuffix(' MiB')}; time vs eager fp32 copy)",
