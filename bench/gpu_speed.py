@@ -34,8 +34,10 @@ def shapes(ctx: Context) -> dict:
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
-    """The best FLOP/s of a large square matmul here: MFU's honest denominator."""
-    n = 8192 if device.type == "cuda" else 1024
+    """The best FLOP/s of a large square matmul here: MFU's honest denominator. On the CPU
+    (--smoke: the code path, not the figure) a small one, since a CPU without native bf16 takes
+    seconds for each 1024-square bf16 matmul (2 s on a 2-core AVX2 box; 60x its fp32)."""
+    n = 8192 if device.type == "cuda" else 256
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
