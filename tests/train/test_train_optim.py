@@ -5,8 +5,10 @@ import torch
 
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
+from gpt124m.train import optim
 from gpt124m.train.config import TrainConfig
 from gpt124m.train.optim import (
+    Muon,
     MuonAdamW,
     build_adamw,
     build_optimizer,
@@ -119,12 +121,16 @@ def test_one_schedule_drives_both_from_their_own_peaks():
 
 
 @needs_muon
-def test_muon_updates_are_orthogonalised():
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
+def test_muon_updates_are_orthogonalised(monkeypatch, native):
     """Muon's step on a matrix has all singular values near lr x its shape factor (Newton-Schulz
-    maps them into ~[0.5, 1.5]), however uneven the gradient's are."""
+    maps them into ~[0.5, 1.5]), however uneven the gradient's are: in bf16 where the hardware
+    has it, in fp32 where bf16 matmuls would be emulated (a CPU without AVX512-BF16 or AMX)."""
+    monkeypatch.setattr(optim, "native_bf16", lambda device: native)
     torch.manual_seed(0)
     model = GPT(get_preset("tiny"))
     opt = build_optimizer(model, muon_config(muon_weight_decay=0.0))
+    assert opt.muon.ns_dtype == (torch.bfloat16 if native else torch.float32)
     set_lr(opt, 1e-2)
     c_fc = model.transformer.h[0].mlp.c_fc.weight  # [4C, C]: Muon scales by sqrt(4C / C) = 2
     before = c_fc.detach().clone()
@@ -136,6 +142,40 @@ def test_muon_updates_are_orthogonalised():
     opt.step()
     singular = torch.linalg.svdvals((before - c_fc.detach()) / (0.05 * 2))
     assert singular.min() > 0.4 and singular.max() < 1.6
+
+
+@needs_muon
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"nesterov": False, "weight_decay": 0.0}, {"adjust_lr_fn": "match_rms_adamw"}],
+    ids=["nesterov", "plain-momentum", "match-rms"],
+)
+def test_muons_own_step_is_torchs_algorithm(options):
+    """The step `Muon` runs where bf16 is emulated is torch.optim.Muon's, operation for operation:
+    run in bf16 as torch runs it, three steps on a tall and a wide matrix end bit-identical (the
+    state too); in fp32 they end within bf16's rounding of it."""
+    torch.manual_seed(0)
+    start = [torch.randn(48, 16), torch.randn(16, 40)]
+    grads = [[torch.randn_like(w) * torch.logspace(-1, 0.5, w.shape[1]) for w in start]
+             for _ in range(3)]  # fmt: skip
+
+    def run(make, step):
+        weights = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = make(weights, lr=0.05, momentum=0.9, **options)
+        for gs in grads:
+            for w, g in zip(weights, gs, strict=True):
+                w.grad = g.clone()
+            step(opt)
+        return weights, [opt.state[w]["momentum_buffer"] for w in weights]
+
+    torch_w, torch_buf = run(torch.optim.Muon, lambda opt: opt.step())
+    ours_w, ours_buf = run(Muon, lambda opt: opt._step(torch.bfloat16))
+    for a, b in zip(torch_w + torch_buf, ours_w + ours_buf, strict=True):
+        assert torch.equal(a, b)
+    fp32_w, _ = run(lambda w, **kw: Muon(w, ns_dtype=torch.float32, **kw), lambda opt: opt.step())
+    for a, b, w0 in zip(torch_w, fp32_w, start, strict=True):
+        moved = (a - w0).abs().max()
+        assert 0 < (a - b).abs().max() < 0.05 * moved
 
 
 @needs_muon
