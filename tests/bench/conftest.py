@@ -1,6 +1,7 @@
 """What the tests of bench/ scripts share."""
 
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,3 +16,10 @@ def bench_module(name: str):
         return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """bench/`name` run as a user runs it, with its output captured as text."""
+    return subprocess.run(
+        [sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=120
+    )

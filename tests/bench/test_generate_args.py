@@ -1,28 +1,18 @@
 """bench/generate.py refuses a decode that cannot fit the preset's context before building any
 model: one line naming the problem, exit code 2, no traceback."""
 
-import subprocess
-import sys
-
-from .conftest import BENCH
-
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(BENCH / "generate.py"), *args],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+from .conftest import run_script
 
 
 def test_prompt_plus_new_tokens_beyond_the_block_is_a_usage_error():
     # tiny's block is 64 tokens: the default 64-token prompt leaves no room for new ones
-    done = _run("--preset", "tiny", "--new-tokens", "4")
+    done = run_script("generate.py", "--preset", "tiny", "--new-tokens", "4")
     assert done.returncode == 2
     assert "exceeds the tiny preset's block size (64)" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_unknown_preset_is_a_usage_error():
-    done = _run("--preset", "gpt5")
+    done = run_script("generate.py", "--preset", "gpt5")
     assert done.returncode == 2 and "unknown model preset 'gpt5'" in done.stderr
     assert "Traceback" not in done.stderr

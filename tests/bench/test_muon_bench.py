@@ -2,21 +2,12 @@
 is one usage line with exit code 2."""
 
 import re
-import subprocess
-import sys
 
-from .conftest import BENCH
-
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(BENCH / "muon.py"), *args],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+from .conftest import run_script
 
 
 def test_times_torchs_step_and_the_fp32_one():
-    done = _run("--preset", "tiny", "--steps", "2")
+    done = run_script("muon.py", "--preset", "tiny", "--steps", "2")
     assert done.returncode == 0, done.stderr
     assert re.search(r"^tiny: 8 matrices, .* native bf16: (True|False)$", done.stdout, re.M)
     assert re.search(
@@ -28,6 +19,6 @@ def test_times_torchs_step_and_the_fp32_one():
 def test_bad_arguments_are_usage_errors():
     for args, message in [(("--preset", "gpt5"), "unknown model preset 'gpt5'"),
                           (("--steps", "0"), "--steps must be >= 1")]:  # fmt: skip
-        done = _run(*args)
+        done = run_script("muon.py", *args)
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
