@@ -45,3 +45,24 @@ def test_auto_precision_uses_bf16_only_where_the_gpu_runs_it_natively(
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     assert resolve_precision("auto", CUDA) == expected
     assert resolve_precision("bf16", CUDA) == torch.bfloat16
+
+
+def test_cpu_peak_is_the_fastest_timing_and_stops_when_its_budget_is_spent(monkeypatch):
+    """Where a dtype is emulated one matmul takes seconds: the peak takes the timings a budget
+    allows (at least one), not always ten. A fake clock makes the matmuls take 0.5, 0.3, 0.4 s."""
+    monkeypatch.setattr(costs, "_cpu_peak_cache", {})
+    durations = iter([0.5, 0.3, 0.4, 0.1, 0.1])
+    ticks = []
+
+    def clock():
+        ticks.append(ticks[-1] + next(durations) if len(ticks) % 2 else 0.0)
+        return ticks[-1]
+
+    peak = costs.measured_cpu_peak(torch.float32, repeats=10, budget_s=1.0, clock=clock)
+    assert len(ticks) == 6  # three timings: 0.5 + 0.3 + 0.4 s spends the 1 s budget
+    assert peak == pytest.approx(2 * 1024**3 / 0.3)
+    monkeypatch.setattr(costs, "_cpu_peak_cache", {})
+    one = iter([0.0, 5.0])
+    assert costs.measured_cpu_peak(torch.float32, clock=lambda: next(one)) == pytest.approx(
+        2 * 1024**3 / 5.0
+    )  # a single 5 s timing is enough
