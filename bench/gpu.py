@@ -93,10 +93,15 @@ def verdicts(report: dict) -> list[dict]:
     return rows
 
 
-def scratch_dir(shm: str = "/dev/shm", need_gib: float = 32) -> Path:
+# What one section leaves in the scratch dir for a later one; the rest (run directories, some
+# 5 GB of gpt2 checkpoints in correct_text) goes when its section ends.
+SHARED_WORK = ("builtin", "decode-model")
+
+
+def scratch_dir(shm: str = "/dev/shm", need_gib: float = 8) -> Path:
     """A temp dir for data and checkpoints: in memory where /dev/shm has room (the gpt2 runs
-    write and hash some 13 GB of checkpoints, which a slow disk would take out of the budget),
-    else the system's temp dir."""
+    write and hash up to 5 GB of checkpoints per section, which a slow disk would take out of
+    the budget), else the system's temp dir."""
     try:
         roomy = shutil.disk_usage(shm).free >= need_gib * 2**30
     except OSError:
@@ -112,7 +117,20 @@ def _alarm(signum, frame):
     raise SectionTimeout("section time budget spent")
 
 
-def run_section(ctx: Context, name: str, budget: float) -> None:
+def tidy(work: Path) -> None:
+    """Remove what the section just run left in the scratch dir, except SHARED_WORK."""
+    for entry in work.iterdir():
+        if entry.name in SHARED_WORK:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink()
+
+
+def run_section(ctx: Context, name: str, budget: float, *, scratch: bool = True) -> None:
+    """Run one section under its time budget. `scratch`: ctx.work is this run's own temp dir,
+    tidied after each section (a --work folder is left as the sections wrote it)."""
     module_name, func_name, _, least = SECTIONS[name]
     record = ctx.report["sections"].setdefault(name, {})
     left = ctx.deadline - time.monotonic()
@@ -152,6 +170,8 @@ def run_section(ctx: Context, name: str, budget: float) -> None:
             ctx.cleanup_device()
         except Exception as e:  # a sticky CUDA error: record it; the next section will show it
             record["cleanup_error"] = f"{type(e).__name__}: {e}"
+        if scratch:
+            tidy(ctx.work)
         ctx.report["verdicts"] = verdicts(ctx.report)
         ctx.save()
     ctx.say(f"{name}: {record['status']} in {record['seconds']} s" + _tail(record))
@@ -186,16 +206,21 @@ def meta(args: argparse.Namespace, device: torch.device) -> dict:
     }
 
 
-def inductor_check(device: torch.device) -> str:
+def inductor_check(device: torch.device, limit_s: int = 90) -> str:
     """'ok' if a small function compiles with Inductor and computes what eager does here, else
-    the error."""
+    the error. Under an alarm: Inductor's first compile starts its worker processes, and a hang
+    there would otherwise hold the run before any section starts."""
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(limit_s)
     try:
         x = torch.randn(1000, device=device)
         got = torch.compile(lambda t: (t.sin() * 2 + 1).sum())(x)
         want = (x.sin() * 2 + 1).sum()
         return "ok" if torch.allclose(got, want, rtol=1e-4, atol=1e-3) else f"wrong: {got} {want}"
-    except Exception as e:
+    except (Exception, SectionTimeout) as e:
         return f"{type(e).__name__}: {str(e)[:300]}"
+    finally:
+        signal.alarm(0)
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -225,7 +250,7 @@ def main() -> int:
     p.add_argument(
         "--work",
         help="scratch folder for data and checkpoints (default: a temp dir, in /dev/shm when "
-        "it has 32 GiB free)",
+        "it has 8 GiB free; a --work folder is kept as the sections leave it)",
     )
     p.add_argument("--hellaswag-data", help="a local HellaSwag file (default: synthetic items)")
     p.add_argument("--card-gib", type=float, default=24.0, help="card_24gb: the card's memory")
@@ -263,7 +288,7 @@ def main() -> int:
     ctx.save()
     for name in [n for n in SECTIONS if n in args.sections]:  # always in running order
         budget = args.section_budget or SECTIONS[name][2] * (3 if args.smoke else 1)
-        run_section(ctx, name, budget)
+        run_section(ctx, name, budget, scratch=not args.work)
     report["meta"]["finished"] = _now()
     report["verdicts"] = verdicts(report)
     ctx.save()
@@ -285,4 +310,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is on disk by now. Leave without the interpreter's exit handlers: the one that
+    # shuts Inductor's compile workers down can wait minutes for them (pytorch/pytorch#162199),
+    # device time this run does not have.
+    os._exit(code)

@@ -182,9 +182,8 @@ def time_steps(
 ) -> dict:
     """Seconds of the first step (compilation shows up here), the median step over `windows`
     back-to-back windows of `per_window` steps (one device sync per window, as in training), and
-    the peak device memory."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    the peak device memory of those steps (not the warm-up's: Inductor's autotuning allocates
+    copies of a compiled step's inputs while it compiles)."""
     start = time.perf_counter()
     step()
     sync(device)
@@ -192,6 +191,8 @@ def time_steps(
     for _ in range(warmup - 1):
         step()
     sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     per_step = []
     for _ in range(windows):
         start = time.perf_counter()
