@@ -204,8 +204,10 @@ def torchrun(ctx: Context, results: Results) -> None:
         argv = (
             launcher + ["-m", "gpt124m"] + _train_argv(ctx, data, out, parallel=parallel, **flags)
         )
-        # A hung run (NCCL) leaves time for the next one and for being stopped (15 s grace).
-        timeout = max((ctx.seconds_left() - 15) / (len(runs) - i), 10)
+        # A hung run (NCCL) leaves time for the next one and for being stopped (15 s grace),
+        # but gets at least 30 s: a cold start (torch, CUDA, NCCL, then a gpt2 checkpoint and
+        # export) takes some 20.
+        timeout = max((ctx.seconds_left() - 15) / (len(runs) - i), 30)
         code, output = run_command(
             argv,
             timeout=min(timeout, 240),
