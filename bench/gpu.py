@@ -40,6 +40,7 @@ section failed (targets missed are reported, not failures).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -117,6 +118,17 @@ def _alarm(signum, frame):
     raise SectionTimeout("section time budget spent")
 
 
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """SectionTimeout is raised in the block once `seconds` have passed."""
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+
+
 def tidy(work: Path) -> None:
     """Remove what the section just run left in the scratch dir, except SHARED_WORK."""
     for entry in work.iterdir():
@@ -149,11 +161,10 @@ def run_section(ctx: Context, name: str, budget: float, *, scratch: bool = True)
     ctx.say(f"{name}: start (budget {allowed} s)")
     start = time.monotonic()
     ctx.section_deadline = start + allowed
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(allowed)
     try:
-        module = __import__(module_name)
-        getattr(module, func_name)(ctx, record["results"])
+        with time_limit(allowed):
+            module = __import__(module_name)
+            getattr(module, func_name)(ctx, record["results"])
         record["status"] = "ok"
     except SectionTimeout as e:
         record.update(status="timeout", error=str(e))
@@ -164,7 +175,6 @@ def run_section(ctx: Context, name: str, budget: float, *, scratch: bool = True)
             traceback=traceback.format_exc(limit=8).splitlines()[-12:],
         )
     finally:
-        signal.alarm(0)
         record["seconds"] = round(time.monotonic() - start, 1)
         try:
             ctx.cleanup_device()
@@ -210,17 +220,14 @@ def inductor_check(device: torch.device, limit_s: int = 90) -> str:
     """'ok' if a small function compiles with Inductor and computes what eager does here, else
     the error. Under an alarm: Inductor's first compile starts its worker processes, and a hang
     there would otherwise hold the run before any section starts."""
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(limit_s)
     try:
-        x = torch.randn(1000, device=device)
-        got = torch.compile(lambda t: (t.sin() * 2 + 1).sum())(x)
-        want = (x.sin() * 2 + 1).sum()
+        with time_limit(limit_s):
+            x = torch.randn(1000, device=device)
+            got = torch.compile(lambda t: (t.sin() * 2 + 1).sum())(x)
+            want = (x.sin() * 2 + 1).sum()
         return "ok" if torch.allclose(got, want, rtol=1e-4, atol=1e-3) else f"wrong: {got} {want}"
     except (Exception, SectionTimeout) as e:
         return f"{type(e).__name__}: {str(e)[:300]}"
-    finally:
-        signal.alarm(0)
 
 
 def summary_lines(report: dict) -> list[str]:
