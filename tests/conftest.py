@@ -8,6 +8,7 @@ let batching or caching bugs go unnoticed).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -15,10 +16,15 @@ import pytest
 import torch
 
 from gpt124m.checkpoint import save_pretrained
+from gpt124m.cli import HUGE_PAGES_ENV
 from gpt124m.config import get_preset
 from gpt124m.model import GPT
 from gpt124m.tokenizer import Tokenizer, get_tokenizer
 from gpt124m.train.config import TrainConfig
+
+# As the `gpt124m` command runs: PyTorch reads this at its first CPU allocation, which comes after
+# this point, so the tests that call the CLI in this process train in huge pages as it does.
+os.environ.setdefault(HUGE_PAGES_ENV, "1")
 
 needs_compiler = pytest.mark.skipif(
     not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
