@@ -6,7 +6,8 @@ embeddings, norms and biases, 180 steps) and the previous one (AdamW 3e-3 -> 3e-
 at the recipe's own precision (`auto`) or `--precision`. Prints each one's training wall time,
 validation loss before and after, and how many distinct words 32 greedy tokens of each of the
 current recipe's prompts contain (the quickstart test asks for a word in some prompt's greedy
-text and >= 3 distinct words in every prompt's sampled text).
+text and >= 3 distinct words in every prompt's sampled text). Both run with huge pages for CPU
+tensors, as `gpt124m quickstart` does (THP_MEM_ALLOC_ENABLE=0 in the environment: 4 KB pages).
 
     python bench/quickstart.py [--precision auto|fp32|bf16]
 """
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import re
 import tempfile
 import time
 from pathlib import Path
 
+from gpt124m.cli import HUGE_PAGES_ENV
 from gpt124m.data.prepare import PrepareConfig, prepare
 from gpt124m.generate import GenerationConfig, generate_text
 from gpt124m.loading import load_model
@@ -57,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default=None, help="override both recipes' precision")
     args = parser.parse_args()
+    os.environ.setdefault(HUGE_PAGES_ENV, "1")  # as `gpt124m quickstart` runs; before any tensor
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
