@@ -20,9 +20,10 @@ runs; each has a time budget, and the whole run a deadline, --budget):
 6. torchrun         `torchrun --nproc_per_node 1` (NCCL) under DDP and FSDP2, against one process
 7. card_24gb        the process capped at a 24 GB card: the micro-batch auto picks, tokens/s there
 8. decode_compiled  decode's rows again with `compiled=True` (a CUDA graph per step), batch 1, 64
-9. loss             the training loss on 32 x 1024 bf16 logits: memory and time of gpt124m's
-                    blockwise cross-entropy against F.cross_entropy on an fp32 copy, eager, and
-                    of the latter compiled (what gpt124m's loss is under torch.compile)
+9. loss             head and loss on 32 x 1024 tokens, bf16: memory and time of gpt124m's
+                    linear_cross_entropy (no logits; what eager training runs) and blockwise
+                    cross-entropy against F.cross_entropy on an fp32 copy, eager, and of the
+                    latter compiled (what gpt124m's loss is under torch.compile)
 
 The last two are not among the issue's figures: they give way first. A section is skipped, not
 started, when less time is left than it needs (rerun it with --sections).

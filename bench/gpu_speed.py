@@ -176,7 +176,7 @@ def _configuration(impl, compiled, config, inputs, targets, ctx: Context):
     if impl == "gpt124m":
         model = GPT(config).to(ctx.device).train()
         run = _compile(model, ctx) if compiled else model
-        return model, lambda: run(inputs, targets)[1]
+        return model, lambda: run(inputs, targets, return_logits=False)[1]
     model = transformers_gpt2(config).to(ctx.device).train()
     run = _compile(model, ctx) if compiled else model
     return model, lambda: run(inputs, labels=inputs).loss
@@ -209,7 +209,7 @@ def flash_attention_runs(config, inputs, targets, device, dtype) -> bool | str:
     model = GPT(config).to(device).train()
     try:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), autocast_context(device, dtype):
-            _, loss = model(inputs[:1], targets[:1])
+            _, loss = model(inputs[:1], targets[:1], return_logits=False)
         loss.backward()
         return True
     except RuntimeError as e:
@@ -298,7 +298,9 @@ def trainer_loop(ctx: Context, s: dict, *, compile: bool) -> dict:
 
 def _time_micro_batch(model, micro: int, s: dict, device, dtype) -> dict:
     x = torch.randint(0, GPT2_VOCAB_SIZE, (micro, s["seq"] + 1), device=device)
-    step = training_step(model, lambda: model(x[:, :-1], x[:, 1:])[1], device, dtype)
+    step = training_step(
+        model, lambda: model(x[:, :-1], x[:, 1:], return_logits=False)[1], device, dtype
+    )
     return time_steps(
         step, device, warmup=s["warmup"], windows=s["windows"], per_window=s["per_window"]
     )

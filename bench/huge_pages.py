@@ -42,7 +42,7 @@ def child(args: argparse.Namespace) -> None:
     for i in range(args.steps + 2):  # two warm-up steps
         start_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
-        _, loss = model(ids[:, :-1], ids[:, 1:])
+        _, loss = model(ids[:, :-1], ids[:, 1:], return_logits=False)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -52,7 +52,7 @@ def hf_loss(model, x, y):
 
 
 def ours_loss(model, x, y):
-    return model(x, y)[1]
+    return model(x, y, return_logits=False)[1]  # as the trainer calls it
 
 
 class Stepper:

@@ -113,12 +113,14 @@ def main() -> None:
         ours = GPT(config).to(device).train()
         forwards = {
             "transformers": lambda m=hf: m(inputs, labels=x[:, :-1]).loss,
-            "gpt124m": lambda m=ours: m(inputs, targets)[1],
+            "gpt124m": lambda m=ours: m(inputs, targets, return_logits=False)[1],
         }
         if args.compile:
             hf_c, ours_c = torch.compile(hf), torch.compile(ours)
             forwards["transformers + compile"] = lambda m=hf_c: m(inputs, labels=x[:, :-1]).loss
-            forwards["gpt124m + compile"] = lambda m=ours_c: m(inputs, targets)[1]
+            forwards["gpt124m + compile"] = lambda m=ours_c: m(
+                inputs, targets, return_logits=False
+            )[1]
         steps = {
             name: training_step(hf if name.startswith("transformers") else ours, fn, device, dtype)
             for name, fn in forwards.items()

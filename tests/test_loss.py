@@ -1,4 +1,5 @@
-"""The blockwise cross-entropy against PyTorch's own: value and gradient, masking, padding, dtypes."""
+"""The losses against PyTorch's own: the blockwise cross-entropy on logits and the head-and-loss
+that never makes them (`linear_cross_entropy`), value and gradient, masking, padding, dtypes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt124m.config import ModelConfig
-from gpt124m.model import GPT, IGNORE_INDEX, cross_entropy
+from gpt124m.model import GPT, IGNORE_INDEX, cross_entropy, linear_cross_entropy
 
 from .conftest import needs_compiler
 
@@ -107,6 +108,19 @@ def test_model_loss_is_torch_cross_entropy_of_its_logits(tiny_model):
 def test_no_fp32_copy_of_the_logits_is_kept_for_backward(compiled):
     """The point of the loss: under bf16 autocast, backward keeps the bf16 logits and per-row
     statistics, never an fp32 [tokens, vocab] tensor (eager: our blocks; compiled: Inductor's)."""
+    kept = _kept_for_backward(compiled, return_logits=True)
+    logits_size = 4 * 32 * 1000
+    assert (torch.bfloat16, 4 * 32 * 1024) in kept  # the padded bf16 logits: the hooks see them
+    assert not [k for k in kept if k[0] == torch.float32 and k[1] >= logits_size], kept
+
+
+def test_without_logits_backward_keeps_nothing_of_their_size():
+    """What training asks for (`return_logits=False`): not even the bf16 logits are kept."""
+    kept = _kept_for_backward(False, return_logits=False)
+    assert kept and not [k for k in kept if k[1] >= 4 * 32 * 1000], kept
+
+
+def _kept_for_backward(compiled: bool, return_logits: bool) -> list[tuple[torch.dtype, int]]:
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=1000))
     run = torch.compile(model) if compiled else model
@@ -121,11 +135,9 @@ def test_no_fp32_copy_of_the_logits_is_kept_for_backward(compiled):
         kept.clear()
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
         with hooks if hooked else contextlib.nullcontext(), torch.autocast("cpu", torch.bfloat16):
-            _, loss = run(idx, targets)
+            _, loss = run(idx, targets, return_logits=return_logits)
         loss.backward()
-    logits_size = 4 * 32 * 1000
-    assert (torch.bfloat16, 4 * 32 * 1024) in kept  # the padded bf16 logits: the hooks see them
-    assert not [k for k in kept if k[0] == torch.float32 and k[1] >= logits_size], kept
+    return kept
 
 
 @needs_compiler
@@ -144,4 +156,95 @@ def test_compiled_model_loss_and_gradient_equal_eager():
     grads = torch.autograd.grad(loss, model.parameters())
     torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
     for ours, theirs in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def _head_case(rows=37, width=16, vocab=50, padded=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, width, generator=g).requires_grad_(True)
+    weight = (torch.randn(padded, width, generator=g) * 0.5).requires_grad_(True)
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    targets[torch.rand(rows, generator=g) < 0.3] = IGNORE_INDEX
+    return x, weight, targets
+
+
+def _head_loss_and_grads(fn, x, weight, targets, autocast=None):
+    with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+        loss = fn(x, weight, targets)
+    return (loss.detach(), *torch.autograd.grad(loss * 3.0, (x, weight)))
+
+
+def _head_then_loss(x, weight, targets):
+    """torch's loss on the head's logits, in fp32 (or fp64, given fp64 inputs)."""
+    logits = F.linear(x, weight)[:, :50]
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, None])
+def test_linear_cross_entropy_equals_torch_on_the_logits(block_rows):
+    x, weight, targets = _head_case()
+
+    def ours(x, weight, targets):
+        return linear_cross_entropy(x, weight, targets, 50, block_rows=block_rows)
+
+    got = _head_loss_and_grads(ours, x, weight, targets)
+    want = _head_loss_and_grads(_head_then_loss, x, weight, targets)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not got[2][50:].any(), "padding rows of the head must get no gradient"
+
+
+def test_linear_cross_entropy_under_bf16_autocast_is_as_exact_as_the_logits_path():
+    """Both round the logits and the logits' gradient to bf16 once: measured against the fp64
+    truth, our errors are no larger than those of torch's loss on autocast's bf16 logits."""
+    x, weight, targets = _head_case(rows=200, width=64, padded=64)
+    truth = _head_loss_and_grads(_head_then_loss, x.double(), weight.double(), targets)
+
+    def ours(x, weight, targets):
+        return linear_cross_entropy(x, weight, targets, 50, block_rows=16)
+
+    got = _head_loss_and_grads(ours, x, weight, targets, autocast=torch.bfloat16)
+    usual = _head_loss_and_grads(_head_then_loss, x, weight, targets, autocast=torch.bfloat16)
+    for a, b, t in zip(got, usual, truth, strict=True):
+        assert a.dtype == b.dtype
+        ours_err = (a.double() - t).norm() / t.norm()
+        usual_err = (b.double() - t).norm() / t.norm()
+        assert 0 < usual_err < 0.02  # bf16 rounding shows, so the comparison can tell
+        assert ours_err <= 1.25 * usual_err, (ours_err, usual_err)
+
+
+def test_linear_cross_entropy_with_a_frozen_head_without_grad_and_in_fp16():
+    """LoRA freezes the head (only x gets a gradient); evaluation runs without grad; fp16 takes
+    the logits path (its gradients need the loss scale before they are cast)."""
+    x, weight, targets = _head_case()
+    want = _head_loss_and_grads(_head_then_loss, x, weight, targets)
+    frozen = weight.detach()
+    loss = linear_cross_entropy(x, frozen, targets, 50, block_rows=5)
+    (grad_x,) = torch.autograd.grad(loss * 3.0, x)
+    torch.testing.assert_close(grad_x, want[1], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(x, weight, targets, 50), want[0])
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = linear_cross_entropy(x, weight, targets, 50)
+        logits_path = cross_entropy(F.linear(x, weight), targets, 50)
+    assert torch.equal(half, logits_path)
+    none = torch.full_like(targets, IGNORE_INDEX)  # nan, with zero gradients, like torch's
+    nan = linear_cross_entropy(x, weight, none, 50)
+    assert torch.isnan(nan) and not any(g.any() for g in torch.autograd.grad(nan, (x, weight)))
+
+
+def test_model_loss_without_logits_equals_the_loss_with_them(tiny_model):
+    g = torch.Generator().manual_seed(5)
+    idx = torch.randint(0, 50257, (2, 24), generator=g)
+    targets = torch.randint(0, 50257, (2, 24), generator=g)
+    targets[1, :7] = IGNORE_INDEX
+    logits, loss = tiny_model(idx, targets, return_logits=False)
+    assert logits is None
+    _, ref = tiny_model(idx, targets)
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    grads = torch.autograd.grad(loss, tiny_model.parameters())
+    ref_grads = torch.autograd.grad(ref, tiny_model.parameters())
+    for ours, theirs in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt124m.config import ModelConfig
-from gpt124m.model import GPT, KVCache
+from gpt124m.kv_cache import KVCache
+from gpt124m.model import GPT
 
 from .conftest import needs_compiler
 

@@ -13,7 +13,7 @@ import torch
 import gpt124m.generate as generation
 from gpt124m.flags import DECODE_COMPILE_HELP
 from gpt124m.generate import GenerationConfig, decode_steps
-from gpt124m.model import KVCache
+from gpt124m.kv_cache import KVCache
 from gpt124m.static_decode import CACHE_ROUND, decode_step, decoder_for
 
 from .conftest import needs_compiler

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt124m.model import GPT, KVCache
+from gpt124m.kv_cache import KVCache
+from gpt124m.model import GPT
 from gpt124m.static_decode import decoder_for
 from gpt124m.tokenizer import EOT_ID, Tokenizer
 

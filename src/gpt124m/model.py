@@ -8,9 +8,13 @@ The vocabulary is padded to a multiple of 64 rows (50257 -> 50304) for faster ma
 is private: logits leave `forward` with exactly `config.vocab_size` columns, so no caller (loss,
 sampling, HellaSwag, export) ever sees, scores or samples a padding id.
 
-The optional `KVCache` makes decoding cost one token of compute per step. `attention_mask` (1 = real
-token, 0 = padding) supports left-padded batches: positions count only real tokens, and padded keys
-are never attended to, so each row computes exactly what it would alone.
+A `Cache` (gpt124m's is `kv_cache.KVCache`) makes decoding cost one token of compute per step.
+`attention_mask` (1 = real token, 0 = padding) supports left-padded batches: positions count only
+real tokens, and padded keys are never attended to, so each row computes exactly what it would
+alone.
+
+Training asks for no logits: `linear_cross_entropy` makes the head's output and the loss a block
+of rows at a time, so the [tokens, vocabulary] logits never exist.
 
 This file imports only torch: `gpt124m export` ships it verbatim beside the transformers adapter
 (`hf/remote/modeling_gpt124m.py`), so an exported model runs this very network. The trunk
@@ -38,6 +42,18 @@ class Shape(Protocol):
     dropout: float
 
 
+class Cache(Protocol):
+    """What `GPT.forward` reads and its attention writes while decoding: gpt124m's
+    `kv_cache.KVCache`. (The exported model passes `run_trunk` a view of transformers'
+    `DynamicCache` with only `update` and `advance`.)"""
+
+    length: int  # tokens already cached
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor): ...
+
+    def advance(self, n: int) -> None: ...
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: Shape):
         super().__init__()
@@ -52,7 +68,7 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
         B, T, C = x.shape
@@ -119,12 +135,15 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         *,
         attention_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         last_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Return (logits, loss). Targets equal to IGNORE_INDEX (-100) are ignored by the loss.
 
-        Logits have `config.vocab_size` columns: the padding rows never leave the model.
+        Logits have `config.vocab_size` columns: the padding rows never leave the model. With
+        targets and `return_logits=False` (what training and evaluation ask for), logits are
+        None and the loss never makes them (`linear_cross_entropy`).
 
         With `cache`, `idx` holds only the new tokens and `attention_mask` covers the cache plus
         them. `last_only` computes logits for the final position only (all that sampling needs).
@@ -139,11 +158,15 @@ class GPT(nn.Module):
         x = run_trunk(self.transformer, self.transformer.wte(idx), pos, mask, cache)
         if targets is None:
             return self._logits(x[:, -1:, :] if last_only else x), None
+        vocab = self.config.vocab_size
+        if not return_logits:
+            flat = x.flatten(0, -2)
+            return None, linear_cross_entropy(flat, self.lm_head.weight, targets.reshape(-1), vocab)
         # The loss reads the padded head directly (not `_logits`' slice), so its gradient is
         # written at full width instead of being padded again by the slice's backward.
         padded = self.lm_head(x)
-        loss = cross_entropy(padded.flatten(0, -2), targets.reshape(-1), self.config.vocab_size)
-        return padded[..., : self.config.vocab_size], loss
+        loss = cross_entropy(padded.flatten(0, -2), targets.reshape(-1), vocab)
+        return padded[..., :vocab], loss
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """The head over every row, then only the real vocabulary's columns."""
@@ -170,9 +193,9 @@ def cross_entropy(
     backward, only the logits (in their own dtype) are kept, and the gradient comes back in that
     dtype. `block_rows` bounds the temporaries: by default 2048 rows on accelerators (400 MB in
     fp32 at GPT-2's vocabulary, few kernel launches) and on the CPU an fp32 block of about 2 MB,
-    which stays in cache (3x faster there than the fp32 copy). Under `torch.compile` it is that
-    very `F.cross_entropy`: Inductor fuses the cast into its kernels and keeps only per-row
-    statistics for backward (and on the CPU it measured 1.3x faster than this function compiled).
+    which stays in cache. Under `torch.compile` it is that very `F.cross_entropy`: Inductor fuses
+    the cast into its kernels and keeps only per-row statistics for backward. Training does not
+    need the logits at all: `linear_cross_entropy` never makes them.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
@@ -222,6 +245,90 @@ class _CrossEntropy(torch.autograd.Function):
             probs.scatter_add_(1, safe[start:end], probs.new_full((end - start, 1), -1.0))
             out[start:end, :vocab] = probs.mul_(scale[start:end])
         return out, None, None, None, None
+
+
+def linear_cross_entropy(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    vocab: int | None = None,
+    block_rows: int | None = None,
+) -> torch.Tensor:
+    """`cross_entropy(x @ weight.T, targets, vocab)` (mean) without ever holding the logits.
+
+    Each block of rows gets its logits, loss and, when training, its gradients at once, so only
+    one block of [rows, weight rows] exists: for the 124M model at 32 x 1024 tokens that is
+    0.6 GB instead of the 6.6 GB of bf16 logits and their gradient, and on the CPU it spares the
+    page faults of fresh logits every step (at the quickstart's shape: 26 instead of 393 MB
+    kept for backward, head and loss 1.2x faster; bench/loss.py). So each block's gradients are
+    made in the forward, from the block at hand, and the backward only scales them by the loss's
+    upstream gradient: with grad enabled they are made even if backward never runs (for a value
+    alone, use `torch.no_grad()`), and there is no double backward. Under autocast the matmuls
+    run in its dtype, as `F.linear` would; fp16 (whose gradients need the loss scale before they
+    are cast) and `torch.compile` (Inductor fuses the plain loss) take the logits path.
+    """
+    vocab = weight.size(0) if vocab is None else vocab
+    device = x.device.type
+    amp = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    dtype = torch.get_autocast_dtype(device) if amp else x.dtype
+    if torch.compiler.is_compiling() or dtype == torch.float16:
+        return cross_entropy(F.linear(x, weight), targets, vocab)
+    if block_rows is None:
+        block_rows = 512 if device == "cpu" else 2048  # matmuls of full speed, ~0.1-0.6 GB
+    grad = torch.is_grad_enabled()
+    wants = (grad and x.requires_grad, grad and weight.requires_grad)
+    return _LinearCrossEntropy.apply(x, weight, targets, vocab, block_rows, dtype, wants)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, targets, vocab, rows, dtype, wants):
+        with torch.autocast(x.device.type, enabled=False):
+            xs, w = x.to(dtype), weight.to(dtype)
+            n = xs.size(0)
+            counted = (targets != IGNORE_INDEX).unsqueeze(1)
+            safe = torch.where(counted, targets.unsqueeze(1), 0)
+            keep = counted.float()
+            total = torch.zeros((), device=x.device)
+            logits = xs.new_empty((min(rows, n), w.size(0)))
+            fp32 = dtype == torch.float32
+            probs = logits if fp32 else logits.new_empty((len(logits), vocab), dtype=torch.float)
+            grad_x = torch.empty_like(xs) if wants[0] else None
+            grad_w = torch.zeros_like(w, dtype=torch.float) if wants[1] else None
+            for start in range(0, n, rows):
+                end = min(start + rows, n)
+                z = torch.mm(xs[start:end], w.t(), out=logits[: end - start])
+                p = z[:, :vocab] if fp32 else probs[: end - start].copy_(z[:, :vocab])
+                p.sub_(p.amax(-1, keepdim=True))
+                picked = p.gather(1, safe[start:end])
+                sum_exp = p.exp_().sum(-1, keepdim=True)
+                total += ((sum_exp.log() - picked) * keep[start:end]).sum()
+                if not any(wants):
+                    continue
+                # d(sum of counted rows' losses)/d logits: softmax - one-hot, 0 for ignored rows
+                p.mul_(keep[start:end] / sum_exp).scatter_add_(1, safe[start:end], -keep[start:end])
+                if not fp32:
+                    z[:, :vocab] = p
+                z[:, vocab:] = 0  # padding columns
+                if grad_x is not None:
+                    torch.mm(z, w, out=grad_x[start:end])
+                if grad_w is not None and fp32:
+                    grad_w.addmm_(z.t(), xs[start:end])
+                elif grad_w is not None:  # a bf16 product, summed over blocks in fp32
+                    grad_w.add_(z.t() @ xs[start:end])
+            count = counted.sum()
+            ctx.save_for_backward(grad_x, grad_w, count)
+            ctx.dtypes = x.dtype, weight.dtype
+            return total / count
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        grad_x, grad_w, count = ctx.saved_tensors
+        scale = grad / count.clamp(min=1)  # every target ignored: zero gradients, as torch's
+        gx = None if grad_x is None else (grad_x * scale).to(ctx.dtypes[0])
+        gw = None if grad_w is None else (grad_w * scale).to(ctx.dtypes[1])
+        return gx, gw, None, None, None, None, None
 
 
 def build_trunk(config: Shape, vocab_rows: int, block_size: int) -> nn.ModuleDict:
@@ -288,7 +395,7 @@ def run_trunk(
     """Token embeddings `x` through position embeddings, the blocks and the final norm.
 
     `cache` is anything with `update(layer, k, v) -> (k, v)` and `advance(n)`: a `KVCache`
-    here, a view of transformers' `DynamicCache` in the exported model.
+    in gpt124m, a view of transformers' `DynamicCache` in the exported model.
     """
     x = trunk.drop(x + trunk.wpe(pos))
     for i, block in enumerate(trunk.h):
@@ -310,45 +417,3 @@ def _padded_causal_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
     mask = causal.unsqueeze(0) & attention_mask[:, None, :]
     mask |= (k_pos == q_pos).unsqueeze(0)
     return mask.unsqueeze(1)
-
-
-class KVCache:
-    """Preallocated key/value buffers, one tensor per layer: decoding writes in place, with no
-    re-concatenation, and a compiled step (`static_decode`) updates each layer's buffer in place
-    (as slices of one stacked tensor, Inductor would copy the whole stack on every write)."""
-
-    def __init__(self, config, batch_size: int, max_len: int, device, dtype):
-        if max_len > config.block_size:
-            raise ValueError(f"cache length {max_len} exceeds block size {config.block_size}")
-        shape = (batch_size, config.n_head, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.length = 0
-        self.block_size = config.block_size
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        end = self.length + k.size(2)
-        self.k[layer][:, :, self.length : end] = k
-        self.v[layer][:, :, self.length : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    def expand(self, rows: torch.Tensor, max_len: int) -> KVCache:
-        """A new cache of `len(rows)` sequences, sequence i starting as this cache's sequence
-        `rows[i]`, with room for `max_len` positions: many continuations of a few shared
-        prefixes (a context and its multiple-choice endings) compute each prefix once."""
-        if max_len > self.block_size:
-            raise ValueError(f"cache length {max_len} exceeds block size {self.block_size}")
-        if max_len < self.length:
-            raise ValueError(f"cache length {max_len} is shorter than the prefix ({self.length})")
-        new = object.__new__(KVCache)
-        _, n_head, _, head_dim = self.k[0].shape
-        shape = (len(rows), n_head, max_len, head_dim)
-        new.k = [layer.new_zeros(shape) for layer in self.k]
-        new.v = [layer.new_zeros(shape) for layer in self.v]
-        for old, fresh in zip(self.k + self.v, new.k + new.v, strict=True):
-            fresh[:, :, : self.length] = old[rows, :, : self.length]
-        new.length, new.block_size = self.length, self.block_size
-        return new

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 from gpt124m.device import require_compiler
-from gpt124m.model import GPT, KVCache, run_trunk
+from gpt124m.kv_cache import KVCache
+from gpt124m.model import GPT, run_trunk
 
 CACHE_ROUND = 256
 RECOMPILE_LIMIT = 64

@@ -125,7 +125,7 @@ def test_left_padding_gives_each_row_what_it_computes_alone(hf_model):
 def test_left_padded_batched_cached_logits_equal_native(hf_model, native_model):
     """The same left-padded batch through both, prefill then two cached steps: same logits at
     every real position, and at padded positions too (same positions, same mask)."""
-    from gpt124m.model import KVCache
+    from gpt124m.kv_cache import KVCache
 
     ids = ids_batch(3, 10, seed=7)
     mask = torch.ones(3, 10, dtype=torch.long)

@@ -111,7 +111,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, fixed_batches
         calls["n"] += 1
         return output * float("inf") if calls["n"] > 5 else output
 
-    model.lm_head.register_forward_hook(poison)
+    model.transformer.ln_f.register_forward_hook(poison)  # what the loss reads
     cfg = tiny_cfg(tmp_path, checkpoint_every=2, max_steps=10)
     with pytest.raises(TrainingDiverged, match="non-finite loss .* step 6"):
         fit(cfg, model, fixed_batches())

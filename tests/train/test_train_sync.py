@@ -66,7 +66,7 @@ def test_a_non_finite_step_between_logs_still_stops_before_the_next_checkpoint(
         calls["n"] += 1
         return output * float("inf") if calls["n"] > 5 else output
 
-    model.lm_head.register_forward_hook(poison)
+    model.transformer.ln_f.register_forward_hook(poison)  # what the loss reads
     cfg = tiny_run_config(tmp_path, max_steps=10, log_every=0, checkpoint_every=4)
     with pytest.raises(TrainingDiverged, match=r"non-finite loss \(.*\) at step 6"):
         fit(cfg, model, fixed_batches())

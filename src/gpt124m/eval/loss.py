@@ -47,7 +47,7 @@ def evaluate_loss(
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 with autocast(device, autocast_dtype):
-                    _, loss = model(x, y)
+                    _, loss = model(x, y, return_logits=False)
                 valid = y != IGNORE_INDEX
                 n = valid.sum()
                 if n == 0:

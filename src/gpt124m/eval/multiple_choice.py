@@ -20,7 +20,8 @@ from torch import nn
 
 from gpt124m.collectives import all_reduce_sum, model_config
 from gpt124m.device import autocast
-from gpt124m.model import IGNORE_INDEX, KVCache
+from gpt124m.kv_cache import KVCache
+from gpt124m.model import IGNORE_INDEX
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,10 +9,11 @@ On CUDA each trial is two whole training steps on a throwaway copy of the model:
 backward and an AdamW step, the second with the optimizer state the first one made, so gradients
 and optimizer state are counted alongside the activations, not just activations.
 A CUDA out-of-memory error means "does not fit". The whole per-rank batch is tried first; if it
-fails, bisecting the smaller candidates halves the range each trial. Trials run eagerly (a
-compiled step needs no more memory), DDP's gradient buckets are reserved during them, and FSDP's
-sharding is ignored (the trial holds the whole model, so it errs on the safe side). Ranks take the
-smallest choice of any rank.
+fails, bisecting the smaller candidates halves the range each trial. Trials run eagerly; for a
+compiled run their loss makes the logits, as Inductor's does (eager training never makes them, so
+an eager trial alone would pick batches a compiled step cannot hold). DDP's gradient buckets are
+reserved during them, and FSDP's sharding is ignored (the trial holds the whole model, so it errs
+on the safe side). Ranks take the smallest choice of any rank.
 
 On CPU and MPS running out of memory is not an exception one can catch (the system swaps, or
 kills the process), so there auto takes, without trials, the largest candidate of at most
@@ -68,6 +69,7 @@ class TrialStep:
     The step runs on a copy of the model, so the model itself is untouched (its weights may stay
     on the CPU), and inside `fork_rng`, so dropout in a trial leaves the run's random streams as
     they were. `reserve_bytes` stay allocated during each trial (DDP's gradient buckets).
+    `logits`: the loss makes the [tokens, vocabulary] logits, as a compiled step's does.
     `close()` frees the copy."""
 
     def __init__(
@@ -78,9 +80,10 @@ class TrialStep:
         device: torch.device,
         amp_dtype: torch.dtype | None,
         reserve_bytes: int = 0,
+        logits: bool = False,
     ):
         self.seq_len, self.device, self.amp_dtype = seq_len, device, amp_dtype
-        self.reserve_bytes = reserve_bytes
+        self.reserve_bytes, self.logits = reserve_bytes, logits
         self.probe: nn.Module | None = copy.deepcopy(model).to(device).train()
 
     def __call__(self, batch: int) -> bool:
@@ -112,7 +115,7 @@ class TrialStep:
         for _ in range(2):
             self.probe.zero_grad(set_to_none=True)
             with autocast(device, self.amp_dtype):
-                _, loss = self.probe(ids, ids)
+                _, loss = self.probe(ids, ids, return_logits=self.logits)
             loss.backward()
             optimizer.step()
             del loss
@@ -158,7 +161,12 @@ def choose(
         ddp = world_size > 1 and getattr(cfg, "parallel", "ddp") == "ddp"
         reserve = sum(p.numel() * p.element_size() for p in params) if ddp else 0
         fits = trial = TrialStep(
-            model, seq_len=cfg.seq_len, device=device, amp_dtype=amp_dtype, reserve_bytes=reserve
+            model,
+            seq_len=cfg.seq_len,
+            device=device,
+            amp_dtype=amp_dtype,
+            reserve_bytes=reserve,
+            logits=bool(getattr(cfg, "compile", False)),
         )
     try:
         best = largest_fitting(sizes, fits)

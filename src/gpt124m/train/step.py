@@ -68,7 +68,7 @@ class Stepper:
         for micro, (x, y) in enumerate(batches):
             sync = micro == self.accum - 1
             with self._no_sync(sync), autocast(self.device, self.amp_dtype):
-                _, loss = self.stepping(x, y)
+                _, loss = self.stepping(x, y, return_logits=False)
                 loss = loss * weights[micro]
             loss_sum += loss.detach()
             self.scaler.scale(loss).backward()
