@@ -113,30 +113,20 @@ def test_trials_for_a_compiled_run_make_the_logits_as_its_loss_does(monkeypatch,
     """Eager training never makes the logits, a compiled step does (Inductor's loss): its
     trials must hold them, or auto picks a batch the compiled step cannot."""
     made = []
-    real = autobatch.TrialStep
+    build = autobatch.TrialStep.__init__
 
-    def recording(*args, **kwargs):
-        made.append(real(*args, **kwargs))
-        return made[-1]
+    def on_cpu(self, model, **kwargs):  # `choose`'s CUDA path, its trials run on the CPU
+        build(self, model, **{**kwargs, "device": CPU})
+        made.append(self)
 
-    monkeypatch.setattr(autobatch, "TrialStep", recording)
+    monkeypatch.setattr(autobatch.TrialStep, "__init__", on_cpu)
     model = GPT(get_preset("tiny"))
     asked = []
     model.register_forward_pre_hook(
         lambda m, args, kwargs: asked.append(kwargs["return_logits"]), with_kwargs=True
     )
     cfg = TrainConfig(seq_len=8, micro_batch_size="auto", total_batch_tokens=2 * 8, compile=compile)
-    # the CUDA path, run on the CPU: `choose` builds the trial; the copy runs on the model's device
-    monkeypatch.setattr(real, "__call__", lambda self, b: self._step(b))
-    made_device = torch.device("cuda")
-    monkeypatch.setattr(autobatch, "_release", lambda device: None)
-    original_init = real.__init__
-
-    def on_cpu(self, model, **kwargs):
-        original_init(self, model, **{**kwargs, "device": CPU})
-
-    monkeypatch.setattr(real, "__init__", on_cpu)
-    assert autobatch.choose(cfg, model, device=made_device) == 2
+    assert autobatch.choose(cfg, model, device=torch.device("cuda")) == 2
     assert made and made[0].logits is compile
     assert asked and set(asked) == {compile}
 
