@@ -29,9 +29,6 @@ def run_quickstart(
     precision: str | None = None,
 ) -> dict[str, Any]:
     """`precision` None keeps the recipe's `auto` (bf16 where the CPU runs it natively)."""
-    from gpt124m.data.prepare import PrepareConfig, prepare
-    from gpt124m.train.pretrain import pretrain
-
     started = time.perf_counter()
     out = Path(out_dir)
     data_dir = out / "data"
@@ -41,9 +38,12 @@ def run_quickstart(
         cfg = dataclasses.replace(cfg, max_steps=max_steps)
     if precision is not None:
         cfg = dataclasses.replace(cfg, precision=precision)
-    cfg.validate()  # bad settings stop here, before the previous run is touched
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out-dir {out}: a file, not a directory")
+    cfg.validate()  # bad settings stop here, before the previous run is touched
+    from gpt124m.data.prepare import PrepareConfig, prepare  # torch: after the checks above
+    from gpt124m.train.pretrain import pretrain
+
     if (out / "checkpoints").exists():
         log.info("replacing the previous quickstart run in %s", out)
         shutil.rmtree(out / "checkpoints")

@@ -74,14 +74,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt124m.train import distributed
-
     command = args.eval_command
     args = from_args(args, OPTIONS[command])
     for flag in ("limit", "batch_size", "tokens", "seq_len"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    from gpt124m.train import distributed  # torch: after the cheap checks
+
     info = distributed.init(args.device)
     try:
         if command == "hellaswag":

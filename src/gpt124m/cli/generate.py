@@ -29,11 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt124m.device import require_compiler, resolve_device, resolve_dtype
-    from gpt124m.generate import stream_text
-    from gpt124m.loading import load_model
-    from gpt124m.tokenizer import get_tokenizer
-
     args = from_args(args, GenerateOptions)
     if args.prompt is None and sys.stdin.isatty():
         log.info("reading the prompt from stdin (end it with Ctrl-D)")
@@ -42,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--prompt is empty (and nothing came on stdin)")
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    from gpt124m.device import require_compiler, resolve_device, resolve_dtype  # torch, from here
+    from gpt124m.generate import stream_text
+    from gpt124m.loading import load_model
+    from gpt124m.tokenizer import get_tokenizer
+
     cfg = generation_config(args, stop=tuple(args.stop))
     device = resolve_device(args.device)
     if args.compile:

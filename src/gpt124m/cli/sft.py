@@ -29,10 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gpt124m.sft.config import sft_config_from_args
-    from gpt124m.sft.runner import sft
-    from gpt124m.train.step import TrainingDiverged
 
     cfg = sft_config_from_args(args, recipe=args.config)
+    from gpt124m.sft.runner import sft  # torch, once the flags are known to be good
+    from gpt124m.train.step import TrainingDiverged
+
     try:
         summary = sft(cfg)
     except TrainingDiverged as e:

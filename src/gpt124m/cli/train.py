@@ -23,10 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gpt124m.train.config import TrainConfig, config_from_args
+
+    cfg = config_from_args(args, TrainConfig, recipe=args.config)
+    # torch only now: a bad flag is reported in a blink, not after the 3 s torch takes to import
     from gpt124m.train.pretrain import pretrain
     from gpt124m.train.step import TrainingDiverged
 
-    cfg = config_from_args(args, TrainConfig, recipe=args.config)
     try:
         summary = pretrain(cfg)
     except TrainingDiverged as e:

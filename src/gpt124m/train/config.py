@@ -202,14 +202,6 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"choose from {', '.join(OPTIMIZERS)}")
         if self.optimizer == "muon":
-            import torch
-
-            if not hasattr(torch.optim, "Muon"):
-                raise bad(
-                    "optimizer",
-                    f"needs torch.optim.Muon, new in torch 2.9 (this is torch {torch.__version__}):"
-                    " upgrade torch, or use --optimizer adamw",
-                )
             if not self.muon_lr > 0:
                 raise bad("muon_lr", "must be positive")
             if not 0 <= self.muon_momentum < 1:
@@ -221,6 +213,14 @@ class TrainConfig:
                     "optimizer",
                     "Muon orthogonalises whole matrices and FSDP2 shards them; use "
                     "--parallel ddp, or --optimizer adamw under FSDP",
+                )
+            import torch  # last: the other checks answer without its 3 s import
+
+            if not hasattr(torch.optim, "Muon"):
+                raise bad(
+                    "optimizer",
+                    f"needs torch.optim.Muon, new in torch 2.9 (this is torch {torch.__version__}):"
+                    " upgrade torch, or use --optimizer adamw",
                 )
 
     def grad_accum_steps(self, world_size: int) -> int:
