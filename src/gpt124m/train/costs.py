@@ -53,14 +53,15 @@ _cpu_peak_cache: dict[torch.dtype, float] = {}
 
 
 def measured_cpu_peak(
-    dtype: torch.dtype, repeats: int = 10, budget_s: float = 1.0, clock=time.perf_counter
+    dtype: torch.dtype, repeats: int = 40, budget_s: float = 0.5, clock=time.perf_counter
 ) -> float:
     """Best observed matmul FLOP/s on this CPU in `dtype`: the honest MFU denominator here.
 
     The fastest of several single timings, so a scheduler hiccup cannot make the peak look low
-    (which would push MFU past 100%). Timings stop once `budget_s` is spent (after at least one):
-    where bf16 or fp16 is emulated one matmul takes seconds (2.2 s on a 2-core AVX2 CPU), and ten
-    of them held every such run's start for 25 s.
+    (which would push MFU past 100%): on a shared 2-core VM the best of 10 fp32 timings ranged
+    97-125 GFLOP/s, the best of 40 (0.6 s) 132-157. Timings stop once `budget_s` is spent (after
+    at least one): where bf16 or fp16 is emulated one matmul takes seconds (2.2 s on a 2-core
+    AVX2 CPU), and ten of them held every such run's start for 25 s.
     """
     if dtype not in _cpu_peak_cache:
         n = 1024
