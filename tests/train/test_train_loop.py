@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -66,12 +67,12 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path, fixed_batches):
 class MaskedBatches:
     """Rows with very different numbers of unmasked targets, as in instruction tuning."""
 
-    def __init__(self, micro_batch_size, seq_len=32, vocab=1000):
+    def __init__(self, micro_batch_size, seq_len=32, vocab=1000, kept=(30, 2, 16, 5)):
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, vocab, (4, seq_len + 1), generator=g)
         self.x, self.y = x[:, :-1], x[:, 1:].clone()
-        for row, kept in enumerate((30, 2, 16, 5)):
-            self.y[row, : seq_len - kept] = -100
+        for row, n in enumerate(kept):
+            self.y[row, : seq_len - n] = -100
         self.micro, self.i = micro_batch_size, 0
 
     def next_batch(self):
@@ -100,6 +101,26 @@ def test_accumulation_weights_micro_batches_by_their_target_tokens(tmp_path):
     (big, big_w), (accumulated, acc_w) = run(4, "big"), run(1, "accum")
     assert big == pytest.approx(accumulated, abs=1e-5)
     torch.testing.assert_close(big_w, acc_w, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])  # the no-logits loss; the logits one
+def test_a_micro_batch_without_targets_counts_for_nothing(tmp_path, precision):
+    """A row whose targets are all masked, alone in its micro-batch, has a 0/0 mean loss: the
+    step must still equal the batch of four rows, not turn nan."""
+
+    def run(micro, name):
+        torch.manual_seed(0)
+        cfg = tiny_cfg(tmp_path / name, micro_batch_size=micro, max_steps=3,
+                       total_batch_tokens=128, precision=precision)  # fmt: skip
+        model = GPT(get_preset("tiny"))
+        fit(cfg, model, MaskedBatches(micro, kept=(30, 0, 16, 5)))
+        return train_losses(tmp_path / name / "run"), model.transformer.wte.weight
+
+    (big, big_w), (accumulated, acc_w) = run(4, "big"), run(1, "accum")
+    assert all(map(math.isfinite, accumulated)), accumulated
+    tol = 1e-5 if precision == "fp32" else 2e-3
+    assert big == pytest.approx(accumulated, abs=tol)
+    torch.testing.assert_close(big_w, acc_w, rtol=0, atol=tol)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, fixed_batches):

@@ -69,7 +69,9 @@ class Stepper:
             sync = micro == self.accum - 1
             with self._no_sync(sync), autocast(self.device, self.amp_dtype):
                 _, loss = self.stepping(x, y, return_logits=False)
-                loss = loss * weights[micro]
+                # A micro-batch with no targets has a nan mean (0/0) and weight 0: it counts
+                # for nothing, and its zero gradient is what backward gets.
+                loss = torch.where(weights[micro] > 0, loss * weights[micro], 0.0)
             loss_sum += loss.detach()
             self.scaler.scale(loss).backward()
         loss = mean_across_ranks(loss_sum)
