@@ -4,6 +4,7 @@ that never makes them (`linear_cross_entropy`), value and gradient, masking, pad
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -248,3 +249,53 @@ def test_model_loss_without_logits_equals_the_loss_with_them(tiny_model):
     ref_grads = torch.autograd.grad(ref, tiny_model.parameters())
     for ours, theirs in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def _batch(seed=6):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 50257, (2, 16), generator=g)
+    targets = torch.randint(0, 50257, (2, 16), generator=g)
+    targets[0, :5] = IGNORE_INDEX
+    return idx, targets
+
+
+def test_a_hook_on_the_head_takes_part_in_the_training_loss(tiny_model):
+    """Training asks for no logits; a hook on lm_head (here: halving its output) must still act."""
+    model = copy.deepcopy(tiny_model)
+    seen = []
+
+    def halve(module, args, output):
+        seen.append(args[0].detach())
+        return output * 0.5
+
+    model.lm_head.register_forward_hook(halve)
+    idx, targets = _batch()
+    _, loss = model(idx, targets, return_logits=False)
+    assert len(seen) == 1
+    vocab = model.config.vocab_size
+    halved = F.linear(seen[0], model.lm_head.weight) * 0.5
+    ref = F.cross_entropy(halved[..., :vocab].flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    _, unhooked = tiny_model(idx, targets, return_logits=False)
+    assert abs(loss.item() - unhooked.item()) > 0.1  # the hook changed what was scored
+
+
+def test_a_peft_adapter_on_the_head_is_trained(tiny_model):
+    """LoRA on lm_head (a user's own peft config; gpt124m's targets stop at the blocks) must be in
+    the loss that trains it, not bypassed by reading the base weight."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(
+        copy.deepcopy(tiny_model), peft.LoraConfig(r=4, lora_alpha=4, target_modules=["lm_head"])
+    )
+    head = model.base_model.model.lm_head
+    with torch.no_grad():  # B starts at zero; make the adapter change the output
+        head.lora_B["default"].weight.normal_(0, 0.5)
+    idx, targets = _batch()
+    _, loss = model(idx, targets, return_logits=False)
+    logits, _ = model(idx, targets)  # the logits path calls the wrapped head
+    ref_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    _, base = tiny_model(idx, targets, return_logits=False)
+    assert abs(loss.item() - base.item()) > 0.01
+    loss.backward()
+    assert head.lora_B["default"].weight.grad.abs().sum() > 0

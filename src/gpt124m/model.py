@@ -143,7 +143,8 @@ class GPT(nn.Module):
 
         Logits have `config.vocab_size` columns: the padding rows never leave the model. With
         targets and `return_logits=False` (what training and evaluation ask for), logits are
-        None and the loss never makes them (`linear_cross_entropy`).
+        None and the loss never makes them (`linear_cross_entropy`), unless `lm_head` is wrapped
+        or hooked: then it is called, so that what wraps or hooks it takes part.
 
         With `cache`, `idx` holds only the new tokens and `attention_mask` covers the cache plus
         them. `last_only` computes logits for the final position only (all that sampling needs).
@@ -159,14 +160,20 @@ class GPT(nn.Module):
         if targets is None:
             return self._logits(x[:, -1:, :] if last_only else x), None
         vocab = self.config.vocab_size
-        if not return_logits:
+        if not return_logits and self._plain_head():
             flat = x.flatten(0, -2)
             return None, linear_cross_entropy(flat, self.lm_head.weight, targets.reshape(-1), vocab)
         # The loss reads the padded head directly (not `_logits`' slice), so its gradient is
         # written at full width instead of being padded again by the slice's backward.
         padded = self.lm_head(x)
         loss = cross_entropy(padded.flatten(0, -2), targets.reshape(-1), vocab)
-        return padded[..., :vocab], loss
+        return (padded[..., :vocab] if return_logits else None), loss
+
+    def _plain_head(self) -> bool:
+        """Whether the loss may read the head's weight instead of calling the module: not when
+        something wraps it (a peft adapter on `lm_head`) or hooks it, which would be skipped."""
+        head = self.lm_head
+        return type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """The head over every row, then only the real vocabulary's columns."""
