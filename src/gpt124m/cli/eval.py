@@ -92,11 +92,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _setup(args, info):
+    import torch
+
     from gpt124m.device import resolve_precision
     from gpt124m.loading import load_model
 
     precision = resolve_precision(args.precision, info.device)
-    model = load_model(args.model, device=info.device)
+    # fp32 weights whatever the stored dtype: autocast, as in training, decides the compute, so
+    # `--precision fp32` on a model saved in bf16 really scores in fp32.
+    model = load_model(args.model, device=info.device, dtype=torch.float32)
     if info.is_main:
         log.info(
             "loaded %s (%s parameters) on %s, %s, %d rank(s)",
