@@ -101,6 +101,25 @@ def test_training_from_bf16_weights_keeps_fp32_master_weights(tmp_path, caplog, 
     assert final.transformer.wte.weight.dtype == torch.float32
 
 
+def test_a_saved_model_trains_with_the_dropout_asked_for(tmp_path):
+    """`train --model DIR --dropout 0.3` and `sft --base DIR --dropout 0.3` on a model saved
+    without dropout: dropout acts in training mode, and the weights are the saved ones."""
+    from gpt124m.sft.runner import load_base
+    from gpt124m.train.pretrain import initial_model
+
+    torch.manual_seed(0)
+    saved = save_pretrained(GPT(get_preset("tiny")), tmp_path / "m")
+    idx = torch.randint(0, 50257, (2, 16))
+    reference = load_model(saved)(idx)[0]
+    for model in (initial_model(TrainConfig(model=str(saved), dropout=0.3)),
+                  load_base(str(saved), dropout=0.3)):  # fmt: skip
+        model.train()
+        assert not torch.equal(model(idx)[0], model(idx)[0])  # dropout acts
+        torch.testing.assert_close(model.eval()(idx)[0], reference, rtol=0, atol=0)
+    plain = initial_model(TrainConfig(model=str(saved), dropout=0.0)).train()
+    assert torch.equal(plain(idx)[0], plain(idx)[0])
+
+
 @pytest.mark.parametrize("eos", [50256, None])
 def test_ragged_batches_on_a_small_vocabulary(eos):
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ format, so that the native format module needs no importer and nothing imports i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -150,13 +151,17 @@ def load_model(
     return model.eval()
 
 
-def load_for_training(source: str | os.PathLike) -> GPT:
-    """Load any source with float32 master weights, whatever dtype it was stored in.
+def load_for_training(source: str | os.PathLike, *, dropout: float | None = None) -> GPT:
+    """Load any source with float32 master weights, whatever dtype it was stored in, and with
+    `dropout` (if given) in place of the stored one: the run's setting, not the saved model's.
 
     Optimizer updates on bf16/fp16 weights round small steps away; autocast, not the stored
     dtype, decides the precision of the compute.
     """
     model = load_model(source)
+    if dropout is not None and model.config.dropout != dropout:
+        config = dataclasses.replace(model.config, dropout=dropout)
+        model = build_model(config, model.state_dict(), Path(source))
     stored = next(model.parameters()).dtype
     model.float()
     log.info(

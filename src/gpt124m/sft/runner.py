@@ -37,18 +37,13 @@ VAL_SHARE = 3  # validation reads at most a third of the tokens trained on
 
 def load_base(source: str, *, dropout: float = 0.0, seed: int = 0) -> GPT:
     """The model to tune: a model directory / hub id, or a preset name (random init)."""
-    from gpt124m.checkpoint import build_model
     from gpt124m.config import PRESETS
     from gpt124m.loading import load_for_training
 
     if source in PRESETS:
         torch.manual_seed(seed)
         return GPT(dataclasses.replace(PRESETS[source].config, dropout=dropout))
-    model = load_for_training(source)
-    if model.config.dropout != dropout:
-        config = dataclasses.replace(model.config, dropout=dropout)
-        model = build_model(config, model.state_dict(), Path(source))
-    return model.train()
+    return load_for_training(source, dropout=dropout)
 
 
 def resolve(cfg: SFTConfig, n_train: int, seq_len: int, world_size: int) -> SFTConfig:

@@ -81,4 +81,4 @@ def initial_model(cfg: TrainConfig) -> GPT:
         return GPT(dataclasses.replace(PRESETS[cfg.model].config, dropout=cfg.dropout))
     from gpt124m.loading import load_for_training
 
-    return load_for_training(cfg.model)
+    return load_for_training(cfg.model, dropout=cfg.dropout)
