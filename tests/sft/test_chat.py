@@ -64,6 +64,24 @@ def test_response_streams_only_new_text_within_the_block(untrained_dir):
         respond(model, tok, "  ", cfg=cfg)
 
 
+def test_max_length_counts_the_prompt_as_in_transformers(untrained_dir):
+    """`max_length` bounds prompt plus response: with 5 tokens of room after the prompt, the answer
+    is the one `max_new_tokens=5` gives, not one that runs to the end of the block."""
+    from gpt124m.loading import load_model
+
+    model, tok = load_model(untrained_dir), get_tokenizer()
+    n_prompt = len(tok.encode("### Instruction:\nHi.\n\n### Response:\n"))
+
+    def answer(**lengths):
+        cfg = GenerationConfig(eos_token_id=None, **lengths)
+        return "".join(respond(model, tok, "Hi.", template="seed", cfg=cfg))
+
+    five = answer(max_new_tokens=5)
+    assert answer(max_length=n_prompt + 5) == five
+    whole = answer()  # neither length: the rest of the block
+    assert whole.startswith(five) and len(whole) > len(five)
+
+
 def test_bad_lines_are_reported_and_the_session_goes_on(untrained_dir, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("word " * 80 + "\nHi.\n"))
     argv = ["chat", "--model", str(untrained_dir), "--max-new-tokens", "3", "--temperature", "0"]

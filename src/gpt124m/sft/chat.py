@@ -36,11 +36,13 @@ def respond(
     if not instruction.strip():
         raise ValueError("the instruction is empty")
     prompt = format_prompt(instruction, input_text, template)
-    room = model.config.block_size - len(tokenizer.encode(prompt))
+    n_prompt = len(tokenizer.encode(prompt))
+    room = model.config.block_size - n_prompt
     if room < 1:
         raise ValueError(
             f"the prompt fills the model's {model.config.block_size}-token block; shorten it"
         )
-    budget = room if cfg.max_new_tokens is None else min(cfg.max_new_tokens, room)
+    asked = cfg.max_new_tokens is not None or cfg.max_length is not None
+    budget = min(cfg.new_token_budget(n_prompt), room) if asked else room
     cfg = dataclasses.replace(cfg, max_new_tokens=budget, max_length=None)
     return stream_text(model, tokenizer, prompt, cfg, compiled=compiled)
