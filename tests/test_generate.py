@@ -192,6 +192,11 @@ def test_stop_strings_in_text_and_stream(tiny_model, tok):
     ]
 
 
+def test_stop_strings_on_ids_are_an_error_not_ignored(tiny_model):
+    with pytest.raises(ValueError, match="generate_text or stream_text"):
+        generate(tiny_model, [[1, 2]], GenerationConfig(max_new_tokens=3, stop=("x",)))
+
+
 def test_block_size_overflow_is_an_error(tiny_model):
     block = tiny_model.config.block_size
     with pytest.raises(ValueError, match="block size"):

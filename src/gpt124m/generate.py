@@ -249,7 +249,14 @@ def generate(
     *,
     compiled: bool = False,
 ) -> list[list[int]]:
-    """New token ids for each prompt; the EOS that ended a row is not included."""
+    """New token ids for each prompt; the EOS that ended a row is not included.
+
+    Stop strings are text: `generate_text` and `stream_text` apply them, and asking for them here
+    is an error rather than a setting silently ignored."""
+    if cfg.stop:
+        raise ValueError(
+            f"stop strings {list(cfg.stop)!r} need text: use generate_text or stream_text"
+        )
     out: list[list[int]] = [[] for _ in prompts]
     for tokens, finished in decode_steps(model, prompts, cfg, compiled=compiled):
         for i, (t, done) in enumerate(zip(tokens.tolist(), finished.tolist(), strict=True)):
