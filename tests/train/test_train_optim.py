@@ -226,3 +226,33 @@ def test_muon_config_is_checked_and_refused_under_fsdp():
     with pytest.raises(ValueError, match="use --parallel ddp, or --optimizer adamw"):
         muon_config(parallel="fsdp").validate()
     TrainConfig(parallel="fsdp").validate()
+
+
+@pytest.mark.parametrize("kind", ["adamw", pytest.param("muon", marks=needs_muon)])
+def test_resume_takes_the_state_from_the_checkpoint_and_the_settings_from_the_flags(kind):
+    """Resuming with --weight-decay 0 (or other betas, eps, Muon momentum and LR) must train with
+    them: torch's load_state_dict alone would bring back the checkpoint's settings."""
+    first = dict(optimizer=kind, max_lr=1e-2, muon_lr=0.05, weight_decay=0.1, beta2=0.95)
+    later = dict(first, weight_decay=0.0, beta2=0.99, eps=1e-6, muon_lr=0.02, muon_momentum=0.9)
+
+    def settings(opt):
+        return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+    model = GPT(get_preset("tiny"))
+    before = build_optimizer(model, TrainConfig(**first))
+    x = torch.randint(0, 256, (2, 17))
+    model(x[:, :-1], x[:, 1:])[1].backward()
+    before.step()
+    resumed = build_optimizer(model, TrainConfig(**later))
+    assert settings(resumed) != settings(before)  # the flags did change something
+    load_optimizer_state(resumed, before.state_dict())
+    assert settings(resumed) == settings(build_optimizer(model, TrainConfig(**later)))
+
+    def states(opt):  # AdamW's state dict, or Muon's and AdamW's
+        whole = opt.state_dict()
+        return [whole] if kind == "adamw" else list(whole.values())
+
+    for ours, theirs in zip(states(resumed), states(before), strict=True):
+        for key, value in theirs["state"].items():
+            for name, tensor in value.items():
+                assert torch.equal(ours["state"][key][name], tensor), (key, name)

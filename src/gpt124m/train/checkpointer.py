@@ -86,12 +86,15 @@ class Checkpointer:
                 set_optimizer_state_dict,
             )
 
-            set_optimizer_state_dict(
-                stepper.module,
-                stepper.optimizer,
-                state.optimizer_state,
-                options=StateDictOptions(full_state_dict=True),
-            )
+            def load(full):
+                set_optimizer_state_dict(
+                    stepper.module,
+                    stepper.optimizer,
+                    full,
+                    options=StateDictOptions(full_state_dict=True),
+                )
+
+            load_optimizer_state(stepper.optimizer, state.optimizer_state, load)
         else:
             load_optimizer_state(stepper.optimizer, state.optimizer_state)
         if state.scaler_state:

@@ -184,11 +184,8 @@ class MuonAdamW:
                 "the checkpoint's optimizer state does not match --optimizer muon: resume with "
                 "the --optimizer the run was started with"
             )
-        scales = [g["lr_scale"] for g in self.muon.param_groups]
         for name, part in self._parts.items():
             part.load_state_dict(state[name])
-        for group, scale in zip(self.muon.param_groups, scales, strict=True):
-            group["lr_scale"] = scale  # this run's --muon-lr, not the checkpoint's
 
 
 def build_optimizer(model: nn.Module, cfg, *, device_type: str = "cpu"):
@@ -223,13 +220,22 @@ def build_optimizer(model: nn.Module, cfg, *, device_type: str = "cpu"):
     return MuonAdamW(muon, build_adamw(model, params=rest, **adamw) if rest else None)
 
 
-def load_optimizer_state(optimizer, state: dict[str, Any]) -> None:
-    """Restore a checkpoint's optimizer state; a state of the other --optimizer is an error."""
+def load_optimizer_state(optimizer, state: dict[str, Any], load=None) -> None:
+    """Restore a checkpoint's optimizer state (`load(state)`, by default the optimizer's own
+    `load_state_dict`); a state of the other --optimizer is an error.
+
+    The checkpoint gives the state (moments, step counts); this run's flags keep the settings
+    (weight decay, betas, eps, momentum, Muon's LR scale, fused or not). torch's
+    `load_state_dict` would take the checkpoint's settings too, silently overriding flags given
+    at resume. With the flags of the first run, the two are the same."""
     if not isinstance(optimizer, MuonAdamW) and "muon" in state:
         raise ValueError(
             "the checkpoint was trained with --optimizer muon: resume with --optimizer muon"
         )
-    optimizer.load_state_dict(state)
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    (load or optimizer.load_state_dict)(state)
+    for group, ours in zip(optimizer.param_groups, settings, strict=True):
+        group.update(ours)
 
 
 def set_lr(optimizer, lr: float) -> None:
