@@ -228,3 +228,32 @@ def test_fresh_run_refuses_to_overwrite_checkpoints(tmp_path, fixed_batches):
     fit(cfg, GPT(get_preset("tiny")), fixed_batches())
     with pytest.raises(ValueError, match="--resume auto"):
         fit(cfg, GPT(get_preset("tiny")), fixed_batches())
+
+
+def test_a_resumed_run_counts_the_time_of_every_session(tmp_path, fixed_batches, monkeypatch):
+    """The summary's time (and the energy and CO2 made from it) covers the whole run, not only
+    the session that finished it: here a first session of slowed steps, then a fast resume."""
+    import time
+
+    from gpt124m.train.step import Stepper
+
+    run_step = Stepper.run
+
+    def slow(self):
+        time.sleep(1.0)
+        run_step(self)
+
+    monkeypatch.setattr(Stepper, "run", slow)
+    cfg = tiny_cfg(tmp_path, max_steps=3, checkpoint_every=3)
+    torch.manual_seed(0)
+    first = fit(cfg, GPT(get_preset("tiny")), fixed_batches())
+    assert first["wall_time_s"] >= 3.0
+    monkeypatch.setattr(Stepper, "run", run_step)
+    resumed = dataclasses.replace(cfg, max_steps=6, resume="auto")
+    begun = time.perf_counter()
+    final = fit(resumed, GPT(get_preset("tiny")), fixed_batches())
+    second = time.perf_counter() - begun  # the whole call, setup included
+    assert first["wall_time_s"] < final["wall_time_s"] <= first["wall_time_s"] + second + 0.01
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["wall_time_s"] == final["wall_time_s"]
+    assert summary["device_hours"] == pytest.approx(final["wall_time_s"] / 3600, abs=1e-6)

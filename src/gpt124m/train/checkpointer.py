@@ -102,8 +102,9 @@ class Checkpointer:
         stepper.data.load_state_dict(state.rank_state["loader"])
         checkpointing.set_rng_state(state.rank_state["rng"])
         stepper.step, stepper.tokens_seen = state.step, state.tokens_seen
+        stepper.earlier_seconds = state.train_seconds
 
-    def save(self, stepper: Stepper, metadata: dict[str, Any]) -> Path:
+    def save(self, stepper: Stepper, metadata: dict[str, Any], train_seconds: float) -> Path:
         if self.fsdp:
             model, opt_state = self._gather_fsdp(stepper)
         else:
@@ -113,6 +114,7 @@ class Checkpointer:
             self.root,
             step=stepper.step,
             tokens_seen=stepper.tokens_seen,
+            train_seconds=train_seconds,
             model=model,
             optimizer_state=opt_state,
             scaler_state=scaler.state_dict() if scaler.is_enabled() else None,

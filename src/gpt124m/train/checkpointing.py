@@ -3,7 +3,7 @@
 A checkpoint is a directory `step_0000100/` that is also a model directory (config.json +
 model.safetensors), so every command that takes `--model` accepts it. Beside the weights:
 `optimizer.pt` (optimizer, grad-scaler), `rank_00000.pt`... (each rank's RNG and loader state)
-and `trainer_state.json` (step, tokens, sha256 of every file). All files are written into
+and `trainer_state.json` (step, tokens, training time so far, sha256 of every file). All files are written into
 `step_0000100.tmp/`, which is renamed into place only when complete; loading verifies the hashes
 and falls back to an older checkpoint when one is corrupt. Nothing is unpickled:
 `torch.load(weights_only=True)` reads only tensors and plain containers.
@@ -83,6 +83,7 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
 class TrainingState:
     step: int
     tokens_seen: int
+    train_seconds: float  # wall time of the timeline up to this step (0 if not recorded)
     optimizer_state: dict[str, Any]
     scaler_state: dict[str, Any] | None
     rank_state: dict[str, Any]
@@ -94,6 +95,7 @@ def save(
     *,
     step: int,
     tokens_seen: int,
+    train_seconds: float,
     model,
     optimizer_state: dict[str, Any] | None,
     scaler_state: dict[str, Any] | None,
@@ -124,6 +126,7 @@ def save(
         state = {
             "step": step,
             "tokens_seen": tokens_seen,
+            "train_seconds": round(train_seconds, 3),
             "world_size": info.world_size,
             "sha256": {name: _sha256(tmp / name) for name in files},
         }
@@ -241,6 +244,7 @@ def load(path: Path, info: distributed.Dist) -> TrainingState:
     return TrainingState(
         step=state["step"],
         tokens_seen=state["tokens_seen"],
+        train_seconds=float(state.get("train_seconds", 0.0)),
         optimizer_state=opt["optimizer"],
         scaler_state=opt["scaler"],
         rank_state={"rng": rank["rng"], "loader": json.loads(rank["loader"])},

@@ -45,6 +45,7 @@ class Stepper:
         self.accum = cfg.grad_accum_steps(world_size)
         self.step = 0
         self.tokens_seen = 0
+        self.earlier_seconds = 0.0  # training time of the sessions before a resume
         self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
 
     def run(self) -> None:

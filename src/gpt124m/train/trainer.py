@@ -50,6 +50,7 @@ class _Run:
         self.checkpointer = Checkpointer(cfg, info, self.out)
         self.evaluators = build_evaluators(hooks, cfg)
         self.results: dict[str, Any] = {}  # the latest of each evaluation, for the metadata
+        self._start = time.perf_counter()  # of this session's steps; reset when the loop starts
 
     def prepare(self) -> None:
         cfg, info = self.cfg, self.info
@@ -115,9 +116,14 @@ class _Run:
             plot_curves(self.metrics.read(), self.out / "curves.png", title=self.out.name)
 
     def checkpoint(self) -> None:
-        path = self.checkpointer.save(self.stepper, self._metadata())
+        path = self.checkpointer.save(self.stepper, self._metadata(), self._train_seconds())
         if self.info.is_main:
             log.info("step %d | checkpoint %s", self.stepper.step, path)
+
+    def _train_seconds(self) -> float:
+        """Wall time of training so far, earlier sessions included: what a resumed run's
+        time, energy and CO2 figures must count (steps redone after a crash are not)."""
+        return self.stepper.earlier_seconds + time.perf_counter() - self._start
 
     def _record(self, kind: str, **values) -> None:
         s = self.stepper
@@ -164,7 +170,7 @@ class _Run:
             )
         if stepper.step == 0 and cfg.eval_every > 0:  # the untrained baseline: loss only
             self.periodic([e for e in self.evaluators if e.kind == "val"], plot=True)
-        start = time.perf_counter()
+        start = self._start = time.perf_counter()
         first_step = stepper.step
         clock = StepClock(self.device)
         while stepper.step < cfg.max_steps:
@@ -186,7 +192,7 @@ class _Run:
                 if saving:
                     self.checkpoint()
                 clock.resume()
-        return self.finish(time.perf_counter() - start)
+        return self.finish(self._train_seconds())
 
     def _log_step(self, stats, dt, start, first_step) -> None:
         step, max_steps = self.stepper.step, self.cfg.max_steps
