@@ -3,10 +3,10 @@
 A checkpoint is a directory `step_0000100/` that is also a model directory (config.json +
 model.safetensors), so every command that takes `--model` accepts it. Beside the weights:
 `optimizer.pt` (optimizer, grad-scaler), `rank_00000.pt`... (each rank's RNG and loader state)
-and `trainer_state.json` (step, tokens, training time so far, sha256 of every file). All files are written into
-`step_0000100.tmp/`, which is renamed into place only when complete; loading verifies the hashes
-and falls back to an older checkpoint when one is corrupt. Nothing is unpickled:
-`torch.load(weights_only=True)` reads only tensors and plain containers.
+and `trainer_state.json` (step, tokens, training time so far, sha256 of every file). All files
+are written into `step_0000100.tmp/`, which is renamed into place only when complete; loading
+verifies the hashes and falls back to an older checkpoint when one is corrupt. Nothing is
+unpickled: `torch.load(weights_only=True)` reads only tensors and plain containers.
 """
 
 from __future__ import annotations
