@@ -2,8 +2,9 @@
 
 Semantics follow transformers so numbers and habits carry over: repetition penalty, then
 temperature, then top-k, then top-p; `max_length` counts the prompt, `max_new_tokens` does not
-(and wins when both are set); `do_sample=False` (or temperature 0) is greedy. The model's logits
-cover exactly its vocabulary, so every id produced is one the tokenizer knows.
+(and wins when both are set); `do_sample=False` (or temperature 0) is greedy. One default
+differs: `top_k` is 0 (off) here, 50 in transformers; the commands' `--top-k` defaults to 50.
+The model's logits cover exactly its vocabulary, so every id produced is one the tokenizer knows.
 
 Prompt plus new tokens may not exceed the model's block size: that raises `ValueError` rather
 than silently sliding a window, since a window changes what the model conditions on.
