@@ -54,7 +54,10 @@ def test_body_documents_architecture_training_results_plots_and_energy(run_recor
     assert "| `max_lr` | 0.0006 |" in body
     assert "| `schedule.warmup_steps` | 715 |" in body
     assert "| validation loss | 3.2845 |" in body
-    assert "| HellaSwag accuracy (length-normalised) | 0.2967 |" in body
+    assert (
+        "| HellaSwag acc_norm (completion convention: mean loss per ending token) | 0.2967 |"
+        in body
+    )
     assert "| HellaSwag examples | 10,042 |" in body
     assert "![Training and validation loss](curves.png)" in body
     assert "(hellaswag.png)" in body

@@ -23,10 +23,12 @@ IMAGE_CAPTIONS = {
     "curves.png": "Training and validation loss",
     "hellaswag.png": "HellaSwag accuracy during training",
 }
+# Training scores HellaSwag under the completion convention (the seed's and build-nanogpt's):
+# named, since lm-evaluation-harness's acc_norm on the same model differs by a few points.
 METRIC_NAMES = {
     "val_loss": "validation loss",
-    "hellaswag.acc_norm": "HellaSwag accuracy (length-normalised)",
-    "hellaswag.acc": "HellaSwag accuracy",
+    "hellaswag.acc_norm": "HellaSwag acc_norm (completion convention: mean loss per ending token)",
+    "hellaswag.acc": "HellaSwag acc (completion convention: summed loss)",
     "hellaswag.n": "HellaSwag examples",
 }
 SUMMARY_ROWS = (
