@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.resources
 import json
+import shutil
 
 import pytest
 import torch
@@ -204,6 +205,15 @@ def test_export_rejects_bad_input(native_dir, tmp_path):
         export(native_dir, tmp_path / "a", fmt="onnx")
     with pytest.raises(ValueError, match="source model directory"):
         export(native_dir, native_dir, force=True)
+    source = tmp_path / "run" / "model"  # a run's model beside its checkpoints
+    shutil.copytree(native_dir, source)
+    (tmp_path / "run" / "checkpoints").mkdir()
+    for holder in (tmp_path / "run", tmp_path):  # replacing it would delete the source
+        with pytest.raises(ValueError, match="holds the source model"):
+            export(source, holder, force=True)
+        assert (source / "model.safetensors").is_file() and (
+            tmp_path / "run" / "checkpoints"
+        ).is_dir()
     with pytest.raises(FileNotFoundError, match="no such model directory"):
         export(tmp_path / "missing", tmp_path / "b")
 

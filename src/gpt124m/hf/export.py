@@ -287,6 +287,10 @@ def _check_destination(out: Path, model_dir: Path, force: bool) -> None:
         raise NotADirectoryError(f"{out}: exists and is not a directory")
     if out.exists() and out.resolve() == model_dir.resolve():
         raise ValueError(f"{out}: is the source model directory; export somewhere else")
+    if out.exists() and out.resolve() in model_dir.resolve().parents:
+        # --force replaces OUT_DIR whole: here that would delete the source (and its run's
+        # checkpoints) along with it
+        raise ValueError(f"{out}: holds the source model {model_dir}; export somewhere else")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ValueError(f"{out}: exists and is not empty; pass --force to replace it")
     if not out.parent.is_dir():
