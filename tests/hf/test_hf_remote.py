@@ -110,6 +110,41 @@ def test_cached_decoding_matches_full_forward(hf_model, kwarg):
     torch.testing.assert_close(step.logits, full[:, 8:], atol=1e-5, rtol=0)
 
 
+def test_a_cache_of_fixed_length_is_refused_not_misread(hf_model):
+    """A StaticCache hands attention keys padded to its length: the causal mask would be wrong
+    (every query seeing every slot), so it is an error, not silently different logits."""
+    from transformers.cache_utils import StaticCache
+
+    ids = ids_batch(1, 8, seed=3)
+    with pytest.raises(TypeError, match="DynamicCache"):
+        hf_model(
+            input_ids=ids, past_key_values=StaticCache(config=hf_model.config, max_cache_len=32)
+        )
+
+
+def test_hidden_states_and_attentions_asked_for_are_an_error_not_none(hf_model):
+    ids = ids_batch(1, 8, seed=3)
+    for flag in ("output_hidden_states", "output_attentions"):
+        with pytest.raises(ValueError, match=f"{flag}: not supported"):
+            hf_model(input_ids=ids, **{flag: True})
+        hf_model(input_ids=ids, **{flag: False})  # what generate passes
+
+
+def test_tokens_added_by_resizing_are_not_masked_as_padding(hf_env, remote_dir):
+    """The usual recipe, a new special token and `resize_token_embeddings(len(tokenizer))`: the
+    new id is a real token, not one of the padding rows the head hides."""
+    model = hf_env.AutoModelForCausalLM.from_pretrained(str(remote_dir), trust_remote_code=True)
+    model.resize_token_embeddings(V + 1)
+    ids = ids_batch(1, 8, seed=4)
+    ids[0, -1] = V  # the added token
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=ids)
+    logits = out.logits
+    assert logits.shape[-1] == V + 1 and torch.isfinite(logits).all()
+    reference = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    torch.testing.assert_close(out.loss, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_left_padding_gives_each_row_what_it_computes_alone(hf_model):
     short, long = ids_batch(1, 5, seed=3)[0], ids_batch(1, 9, seed=4)[0]
     batch = torch.full((2, 9), EOT)

@@ -72,6 +72,14 @@ class GPT124MForCausalLM(GPT124MPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, **kwargs):
+        """transformers' resize; rows up to `new_num_tokens` are real tokens (added to the
+        tokenizer), so the head must not mask them as padding."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kwargs)
+        if new_num_tokens is not None:
+            self.config.tokenizer_vocab_size = new_num_tokens
+        return embeddings
+
     def get_input_embeddings(self):
         return self.transformer.wte
 
@@ -111,10 +119,20 @@ class GPT124MForCausalLM(GPT124MPreTrainedModel, GenerationMixin):
             raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
         cache = cache if cache is not None else past_key_values
         use_cache = use_cache if use_cache is not None else self.config.use_cache
-        if cache is not None and not isinstance(cache, Cache):
+        if cache is not None and not isinstance(cache, DynamicCache):
+            # A StaticCache (or any cache that hands back keys padded to a fixed length) would
+            # break the causal mask, which counts the keys it is given.
             raise TypeError(
-                f"the KV cache must be a transformers Cache (e.g. DynamicCache), got {type(cache)}"
+                f"the KV cache must be a transformers DynamicCache (the default), got "
+                f"{type(cache).__name__}; cache_implementation='static' is not supported"
             )
+        for flag in ("output_hidden_states", "output_attentions"):
+            asked = kwargs.get(flag)
+            if asked if asked is not None else getattr(self.config, flag, False):
+                raise ValueError(
+                    f"{flag}: not supported by this model's code; the --format gpt2 export "
+                    "(GPT2LMHeadModel) has it"
+                )
         if use_cache and cache is None and not self.training:
             cache = DynamicCache()
         if not use_cache:
