@@ -91,6 +91,13 @@ def test_bad_values_and_recipes_are_named(tmp_path):
         TrainConfig(precision="fp8").validate()  # the library checks the same choices
     with pytest.raises(ValueError, match="--grad-clip 0.0: must be positive"):
         parse(["--grad-clip", "0"])
+    with pytest.raises(ValueError, match="--peak-flops 0.0: must be positive"):
+        parse(["--peak-flops", "0"])
+    with pytest.raises(ValueError, match="--power-watts -5.0: must be >= 0"):
+        parse(["--power-watts", "-5"])
+    with pytest.raises(ValueError, match="--grid-gco2-per-kwh -1.0: must be >= 0"):
+        parse(["--grid-gco2-per-kwh", "-1"])
+    parse(["--power-watts", "0", "--grid-gco2-per-kwh", "0"])  # no estimate: allowed
     with pytest.raises(ValueError, match="unknown recipe"):
         load_recipe("nope")
     bad = tmp_path / "r.yaml"

@@ -14,6 +14,7 @@ CUDA = torch.device("cuda", 0)
     [
         ("NVIDIA H100 80GB HBM3", 989e12, 700),
         ("NVIDIA H100 PCIe", 756e12, 350),
+        ("NVIDIA H100 NVL", 835e12, 400),
         ("NVIDIA L40S", 362e12, 350),
         ("NVIDIA L40", 181e12, 300),
         ("NVIDIA L4", 121e12, 72),
@@ -66,3 +67,9 @@ def test_cpu_peak_is_the_fastest_timing_and_stops_when_its_budget_is_spent(monke
     assert costs.measured_cpu_peak(torch.float32, clock=lambda: next(one)) == pytest.approx(
         2 * 1024**3 / 5.0
     )  # a single 5 s timing is enough
+
+
+def test_an_override_of_zero_is_kept_not_replaced_by_the_default():
+    """--power-watts 0 (no energy estimate) is what the user asked for, not the table's value."""
+    assert costs.device_power_watts(torch.device("cpu"), 0.0) == 0.0
+    assert costs.device_power_watts(torch.device("cpu"), None) == costs.CPU_POWER_W

@@ -201,6 +201,12 @@ class TrainConfig:
             raise bad("grad_clip", "must be positive (inf never clips)")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"choose from {', '.join(OPTIMIZERS)}")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            raise bad("peak_flops", "must be positive (leave it out for the device's own)")
+        for name in ("power_watts", "grid_gco2_per_kwh"):  # 0 is allowed: no estimate
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise bad(name, "must be >= 0")
         if self.optimizer == "muon":
             if not self.muon_lr > 0:
                 raise bad("muon_lr", "must be positive")

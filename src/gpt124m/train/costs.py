@@ -18,6 +18,7 @@ GPU_PEAK_FLOPS = {
     "H200": (989e12, 494e12),
     "H100": (989e12, 494e12),
     "H100 PCIe": (756e12, 378e12),
+    "H100 NVL": (835e12, 418e12),
     "A100": (312e12, 156e12),
     "A10G": (125e12, 62.5e12),
     "A10": (125e12, 62.5e12),
@@ -35,6 +36,7 @@ DEVICE_POWER_W = {
     "H200": 700,
     "H100": 700,
     "H100 PCIe": 350,
+    "H100 NVL": 400,
     "A100": 400,
     "A10G": 300,
     "A10": 150,
@@ -89,7 +91,7 @@ def _gpu_entry(table: dict, device: torch.device):
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, override: float | None = None) -> float:
-    if override:
+    if override is not None:
         return override
     if device.type == "cuda":
         entry = _gpu_entry(GPU_PEAK_FLOPS, device)
@@ -106,7 +108,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, override: float | None 
 
 
 def device_power_watts(device: torch.device, override: float | None = None) -> float:
-    if override:
+    if override is not None:  # 0 too: what was asked for
         return override
     if device.type == "cuda":
         return float(_gpu_entry(DEVICE_POWER_W, device) or DEFAULT_GPU_POWER_W)
