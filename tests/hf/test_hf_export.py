@@ -164,7 +164,24 @@ def test_exporting_a_hub_gpt2_checkpoint_names_it_as_base_model(repo_ids, offlin
     out = export(repo_ids["gpt2_dir"], tmp_path / "re", repo_id="bob/re-export")
     card = (out / "README.md").read_text()
     assert f"base_model: {repo_ids['gpt2_dir']}\n" in card.split("\n---\n")[0]
+    # the same weights exported again: a conversion, not a fine-tune
+    hub_id = repo_ids["gpt2_dir"]
+    assert f"[{hub_id}](https://huggingface.co/{hub_id}) as is, exported with gpt124m" in card
+    assert "fine-tun" not in card
     assert json.loads((out / "config.json").read_text())["training"]["preset"] == "tiny"
+
+
+def test_the_card_counts_the_parameters_transformers_loads(hf_env, remote_dir, gpt2_dir):
+    """Each format's card states the count of the model transformers builds from it: the padded
+    embedding in the remote code, GPT-2's 50,257 rows in the gpt2 format."""
+    auto = hf_env.AutoModelForCausalLM
+    for out, model in (
+        (remote_dir, auto.from_pretrained(str(remote_dir), trust_remote_code=True)),
+        (gpt2_dir, hf_env.GPT2LMHeadModel.from_pretrained(str(gpt2_dir))),
+    ):
+        card = (out / "README.md").read_text()
+        assert f"| Parameters | {model.num_parameters():,} (" in card, out.name
+        assert f"language model with {model.num_parameters():,} parameters" in card, out.name
 
 
 def test_metadata_that_would_change_transformers_settings_is_not_carried(native_model, tmp_path):

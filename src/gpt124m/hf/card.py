@@ -8,6 +8,7 @@ real repo id.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class CardInfo:
     results: Mapping[str, Any] | None = None
     summary: Mapping[str, Any] | None = None
     images: tuple[str, ...] = ()
+    converted: bool = False  # `base_model` is this very checkpoint, exported again as is
 
     @property
     def remote_code(self) -> bool:
@@ -62,7 +64,8 @@ class CardInfo:
 
     @property
     def fine_tuned(self) -> bool:
-        return bool(self.base_model) or run_kind(self.training) not in (None, "pretraining")
+        tuned = run_kind(self.training) not in (None, "pretraining")
+        return tuned or (bool(self.base_model) and not self.converted)
 
 
 def run_kind(training: Mapping[str, Any] | None) -> str | None:
@@ -130,10 +133,19 @@ def render_card(info: CardInfo) -> str:
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
-def _intro(info: CardInfo) -> str:
+def _stored_shape(info: CardInfo) -> ModelConfig:
+    """The shape of the weights the export holds: a GPT-2 export keeps only the real
+    vocabulary's rows, so its parameter count is that of `GPT2LMHeadModel`."""
     c = info.model_config
+    return c if info.remote_code else dataclasses.replace(c, vocab_multiple=1)
+
+
+def _intro(info: CardInfo) -> str:
+    c = _stored_shape(info)
     origin = ""
-    if info.fine_tuned:
+    if info.converted:
+        origin = f", [{info.base_model}](https://huggingface.co/{info.base_model}) as is"
+    elif info.fine_tuned:
         kind = run_kind(info.training)
         how = f" ({kind})" if kind not in (None, "pretraining") else ""
         local = (info.training or {}).get("base_model")
@@ -144,10 +156,11 @@ def _intro(info: CardInfo) -> str:
         else:
             base = ""
         origin = f", fine-tuned{base}{how}"
+    made = "exported" if info.converted else "trained and exported"
     text = (
         f"A GPT-2-architecture language model with {c.num_params():,} parameters "
         f"({c.n_layer} layers, {c.n_head} heads, {c.n_embd} dimensions, context {c.block_size})"
-        f"{origin}, trained and exported with gpt124m. "
+        f"{origin}, {made} with gpt124m. "
         "It uses GPT-2's BPE tokenizer."
     )
     if info.remote_code:
@@ -209,7 +222,7 @@ def _usage(info: CardInfo) -> str:
 
 
 def _architecture(info: CardInfo) -> str:
-    c = info.model_config
+    c = _stored_shape(info)
     vocab = (
         f"{c.vocab_size:,}"
         if not info.remote_code or c.padded_vocab_size == c.vocab_size

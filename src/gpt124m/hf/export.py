@@ -115,13 +115,16 @@ def export(
             write_gpt2(model, staging, metadata)
         images = copy_artefacts(model_dir, staging)
         summary = _read_json(staging / "summary.json")
+        recorded = _recorded_base_model(metadata)
+        converted = _hub_source(source_config, source, from_hub)
         card = CardInfo(
             repo_id=repo_id,
             fmt=fmt,
             model_config=model.config,
             license=license,
             datasets=tuple(datasets) or _datasets_from(metadata),
-            base_model=base_model or _base_model_from(metadata, source_config, source, from_hub),
+            base_model=base_model or recorded or converted,
+            converted=not (base_model or recorded) and converted is not None,
             training=metadata.get("training"),
             results=metadata.get("results"),
             summary=summary,
@@ -327,14 +330,14 @@ def _datasets_from(metadata: dict[str, Any]) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str) and _looks_like_hub_id(v))
 
 
-def _base_model_from(
-    metadata: dict[str, Any], source_config: dict[str, Any], source: Any, from_hub: bool
-) -> str | None:
-    """The run's recorded base model, or the hub id of a GPT-2 checkpoint exported as is."""
-    training = metadata.get("training") or {}
-    value = training.get("base_model")
-    if isinstance(value, str) and _looks_like_hub_id(value):
-        return value
+def _recorded_base_model(metadata: dict[str, Any]) -> str | None:
+    """The hub id the run recorded training from (fine-tuning, or further pretraining)."""
+    value = (metadata.get("training") or {}).get("base_model")
+    return value if isinstance(value, str) and _looks_like_hub_id(value) else None
+
+
+def _hub_source(source_config: dict[str, Any], source: Any, from_hub: bool) -> str | None:
+    """The hub id of a GPT-2 checkpoint exported as is: what this export is a conversion of."""
     if from_hub and source_config.get("model_type") == "gpt2" and _looks_like_hub_id(str(source)):
         return str(source)
     return None
