@@ -40,16 +40,27 @@ def test_caps_beyond_the_context_are_refused(kwargs, message):
         Limits.for_context(64, **kwargs)
 
 
+NAN, INF = float("nan"), float("inf")  # what the API, unlike the widgets, can send
+
+
 @pytest.mark.parametrize(
     ("prompt", "sampling", "message"),
     [
         ("  \n", Sampling(16), "Enter a prompt first."),
-        ("hi", Sampling(max_new_tokens=33), "Max new tokens must be between 1 and 32."),
-        ("hi", Sampling(max_new_tokens=0), "Max new tokens must be between 1 and 32."),
+        ("hi", Sampling(max_new_tokens=33), "Max new tokens must be a whole number between 1"),
+        ("hi", Sampling(max_new_tokens=0), "Max new tokens must be a whole number between 1"),
+        ("hi", Sampling(max_new_tokens=3.9), "Max new tokens must be a whole number between 1"),
+        ("hi", Sampling(max_new_tokens=NAN), "Max new tokens must be a whole number between 1"),
         ("hi", Sampling(16, seed=1.5), "The seed must be a whole number"),
         ("hi", Sampling(16, seed=-1), "The seed must be a whole number"),
+        ("hi", Sampling(16, seed=NAN), "The seed must be a whole number"),
+        ("hi", Sampling(16, seed=INF), "The seed must be a whole number"),
         ("hi", Sampling(16, temperature=0.0), "Temperature must be above 0"),
+        ("hi", Sampling(16, temperature=INF), "Temperature must be above 0"),
+        ("hi", Sampling(16, top_k=2.7), "Top-k must be a whole number"),
+        ("hi", Sampling(16, top_k=NAN), "Top-k must be a whole number"),
         ("hi", Sampling(16, top_p=0.0), "Top-p must be above 0"),
+        ("hi", Sampling(16, top_p=NAN), "Top-p must be above 0"),
         (" hello" * 33, Sampling(16), "The prompt is too long: 33 tokens; the limit is 32 tokens."),
     ],
 )

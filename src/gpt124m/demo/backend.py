@@ -8,6 +8,7 @@ context, so generation itself can never fail on length.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -188,27 +189,30 @@ class DemoModel:
         }
 
     def generation_config(self, s: Sampling) -> GenerationConfig:
-        """Check the controls against the caps; greedy when sampling is off."""
+        """Check the controls against the caps; greedy when sampling is off. The API can send
+        any number, NaN and infinities included: each is checked, none is silently rounded."""
         cap = self.limits.max_new_tokens
-        if not 1 <= int(s.max_new_tokens) <= cap:
-            raise DemoInputError(f"Max new tokens must be between 1 and {cap}.")
+        max_new = _whole(s.max_new_tokens)
+        if max_new is None or not 1 <= max_new <= cap:
+            raise DemoInputError(f"Max new tokens must be a whole number between 1 and {cap}.")
         seed = s.seed
         if seed is not None:
-            if float(seed) != int(seed) or not 0 <= int(seed) <= MAX_SEED:
+            seed = _whole(seed)
+            if seed is None or not 0 <= seed <= MAX_SEED:
                 raise DemoInputError(f"The seed must be a whole number from 0 to {MAX_SEED}.")
-            seed = int(seed)
+        top_k = _whole(s.top_k)
         if s.do_sample:
-            if not s.temperature > 0:
+            if not 0 < s.temperature < math.inf:
                 raise DemoInputError("Temperature must be above 0 (turn sampling off for greedy).")
-            if int(s.top_k) < 0:
-                raise DemoInputError("Top-k must be 0 (off) or more.")
+            if top_k is None or top_k < 0:
+                raise DemoInputError("Top-k must be a whole number: 0 (off) or more.")
             if not 0 < s.top_p <= 1:
                 raise DemoInputError("Top-p must be above 0 and at most 1.")
         return GenerationConfig(
-            max_new_tokens=int(s.max_new_tokens),
+            max_new_tokens=max_new,
             do_sample=bool(s.do_sample),
             temperature=float(s.temperature) if s.do_sample else 1.0,
-            top_k=int(s.top_k) if s.do_sample else 0,
+            top_k=top_k if s.do_sample else 0,
             top_p=float(s.top_p) if s.do_sample else 1.0,
             seed=seed,
         )
@@ -239,6 +243,15 @@ class DemoModel:
         return _accumulate(
             stream_text(self.model, self.tokenizer, prompt, cfg, compiled=self.compiled)
         )
+
+
+def _whole(value) -> int | None:
+    """`value` as an int if it is a whole number (3 or 3.0), else None (2.7, NaN, inf, text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) and number == int(number) else None
 
 
 def _accumulate(pieces: Iterator[str]) -> Iterator[str]:
