@@ -184,15 +184,23 @@ def test_the_card_counts_the_parameters_transformers_loads(hf_env, remote_dir, g
         assert f"language model with {model.num_parameters():,} parameters" in card, out.name
 
 
-def test_metadata_that_would_change_transformers_settings_is_not_carried(native_model, tmp_path):
+def test_metadata_that_would_change_transformers_settings_is_not_carried(
+    native_model, remote_dir, tmp_path, caplog
+):
     from gpt124m.checkpoint import save_pretrained
 
     metadata = {"dtype": "bfloat16", "step": 19073, "training": {"preset": "tiny"}}
     save_pretrained(native_model, tmp_path / "native", metadata=metadata)
-    out = export(tmp_path / "native", tmp_path / "out")
+    with caplog.at_level("WARNING", logger="gpt124m"):
+        out = export(tmp_path / "native", tmp_path / "out")
     config = json.loads((out / "config.json").read_text())
     assert config["torch_dtype"] == "float32" and "dtype" not in config
     assert config["step"] == 19073 and config["training"] == {"preset": "tiny"}
+    assert "not carrying metadata key 'dtype'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gpt124m"):  # an export's own keys: no warning
+        export(remote_dir, tmp_path / "again")
+    assert "not carrying" not in caplog.text
 
 
 def test_export_refuses_a_non_empty_destination_unless_forced(native_dir, tmp_path):

@@ -145,9 +145,11 @@ def carried_metadata(source_config: dict[str, Any]) -> dict[str, Any]:
     ours = set(FORMAT_KEYS) | set(remote_code_hf_config(ModelConfig(), torch.float32))
     kept = {}
     for key, value in source_config.items():
+        if key in ours:  # the export writes its own
+            continue
         if key in _HF_RESERVED:
             log.warning("not carrying metadata key %r: transformers reads it as a setting", key)
-        elif key not in ours:
+        else:
             kept[key] = value
     return kept
 
