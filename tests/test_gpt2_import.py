@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 from pathlib import Path
@@ -65,6 +66,19 @@ def test_logits_equal_transformers(hf_model, hf_dir):
     assert ours.config.vocab_size == GPT2_VOCAB_SIZE
     assert model_config(hf_dir) == ours.config
     assert ours.lm_head.weight is ours.transformer.wte.weight
+
+
+def test_a_half_precision_checkpoint_keeps_its_dtype(hf_model, tmp_path):
+    """Like our own directories: an fp16 GPT-2 checkpoint loads (and re-exports) as fp16, not
+    silently widened to twice its size; its values are the stored ones."""
+    half = tmp_path / "fp16"
+    copy.deepcopy(hf_model).half().save_pretrained(half)
+    ours = load_model(half)
+    assert {p.dtype for p in ours.parameters()} == {torch.float16}
+    stored = transformers.GPT2LMHeadModel.from_pretrained(half, dtype=torch.float16)
+    wte = stored.transformer.wte.weight
+    assert torch.equal(ours.transformer.wte.weight[: wte.size(0)], wte)
+    assert_same_logits(ours.float(), stored.float().eval(), lengths=(7,))
 
 
 def test_state_dict_names_match_transformers(hf_model, hf_dir):

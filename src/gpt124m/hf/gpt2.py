@@ -85,4 +85,4 @@ def load_gpt2_dir(model_dir: Path, config_data: dict[str, Any]) -> GPT:
     config = config_from_gpt2(config_data, model_dir / "config.json")
     hf_state, weights_path = read_gpt2_weights(model_dir)
     state = gpt2_to_native(hf_state)
-    return build_model(config, {k: v.float() for k, v in state.items()}, weights_path)
+    return build_model(config, state, weights_path)  # in the dtype it was stored in, as ours
