@@ -73,3 +73,30 @@ def test_an_override_of_zero_is_kept_not_replaced_by_the_default():
     """--power-watts 0 (no energy estimate) is what the user asked for, not the table's value."""
     assert costs.device_power_watts(torch.device("cpu"), 0.0) == 0.0
     assert costs.device_power_watts(torch.device("cpu"), None) == costs.CPU_POWER_W
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_flops_per_token_match_what_torch_counts_in_a_training_step(lora):
+    """The MFU numerator against torch's FLOP counter on a real forward and backward: 6N plus
+    attention for full training, and for LoRA about 4N (a frozen weight makes no gradient of its
+    own), not the 6N that overstated a LoRA run's MFU by half."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gpt124m.config import get_preset
+    from gpt124m.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny"))
+    config = model.config
+    if lora:
+        pytest.importorskip("peft")
+        from gpt124m.sft.lora import apply_lora
+
+        model = apply_lora(model, r=8, alpha=8, dropout=0.0)
+    B, T = 2, 32
+    idx = torch.randint(0, 50257, (B, T))
+    with FlopCounterMode(display=False) as counter:
+        model.train()(idx, idx)[1].backward()  # the logits path: every matmul an op it counts
+    counted = counter.get_total_flops() / (B * T)
+    ours = costs.training_flops_per_token(model, config, T)
+    assert ours == pytest.approx(counted, rel=0.02)  # LayerNorms, biases: not matmuls

@@ -115,6 +115,20 @@ def device_power_watts(device: torch.device, override: float | None = None) -> f
     return CPU_POWER_W
 
 
+def training_flops_per_token(model: torch.nn.Module, config, seq_len: int) -> float:
+    """FLOPs per trained token for MFU: `config.flops_per_token` (6N + attention) when every
+    weight trains. A frozen weight matrix still runs forward (2 FLOPs per parameter) and passes
+    gradients back (2) but makes no gradient of its own (the other 2), and parameters beyond the
+    base model's (LoRA adapters) cost the full 6: a LoRA run is about 4N per token, not 6N."""
+    frozen = sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if not p.requires_grad and p.dim() == 2 and not name.endswith("wpe.weight")  # a lookup
+    )
+    extra = max(sum(p.numel() for p in model.parameters()) - config.num_params(), 0)
+    return config.flops_per_token(seq_len) - 2 * frozen + 6 * extra
+
+
 def run_summary(
     *,
     tokens_seen: int,

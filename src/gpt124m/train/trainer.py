@@ -22,7 +22,13 @@ from gpt124m.device import require_compiler, resolve_precision, use_tf32
 from gpt124m.train import checkpointing, distributed
 from gpt124m.train.checkpointer import Checkpointer
 from gpt124m.train.config import TrainConfig, apply_step_cap
-from gpt124m.train.costs import StepClock, device_power_watts, peak_flops, run_summary
+from gpt124m.train.costs import (
+    StepClock,
+    device_power_watts,
+    peak_flops,
+    run_summary,
+    training_flops_per_token,
+)
 from gpt124m.train.evaluators import Context, Hooks, Periodic, build_evaluators, due
 from gpt124m.train.loggers import build_trackers
 from gpt124m.train.metrics import MetricsLog, format_duration, plot_curves
@@ -89,7 +95,9 @@ class _Run:
                 f"{self.stepper.tokens_seen:,}",
             )
         config = getattr(self.module, "config", None)
-        self.flops_per_token = config.flops_per_token(cfg.seq_len) if config else float("nan")
+        self.flops_per_token = (
+            training_flops_per_token(self.module, config, cfg.seq_len) if config else float("nan")
+        )
         self.peak = peak_flops(self.device, self.amp_dtype, cfg.peak_flops)
 
     # -- periodic work -------------------------------------------------------------------------
