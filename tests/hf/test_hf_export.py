@@ -203,6 +203,20 @@ def test_metadata_that_would_change_transformers_settings_is_not_carried(
     assert "not carrying" not in caplog.text
 
 
+def test_the_tuning_template_survives_an_export_of_an_export(native_model, tmp_path):
+    """`chat` and the demo answer in the template a model was tuned with, read from its config:
+    a GPT-2 export, exported again, must still say which."""
+    from gpt124m.checkpoint import read_config, save_pretrained
+    from gpt124m.sft.chat import trained_template
+
+    sft = {"template": "alpaca", "method": "full"}
+    source = save_pretrained(native_model, tmp_path / "tuned", metadata={"sft": sft})
+    first = export(source, tmp_path / "gpt2", fmt="gpt2")
+    for fmt in ("remote-code", "gpt2"):
+        again = export(first, tmp_path / f"again-{fmt}", fmt=fmt)
+        assert trained_template(read_config(again)) == "alpaca", fmt
+
+
 def test_export_refuses_a_non_empty_destination_unless_forced(native_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

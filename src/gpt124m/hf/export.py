@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which gpt124m.model uses
 # Run artefacts the trainer leaves in a model directory; the card links the images.
 ARTEFACTS = ("summary.json", "curves.png", "hellaswag.png")
-_RUN_KEYS = ("training", "results")  # what a GPT-2 export carries in its config.json
+_RUN_KEYS = ("training", "results", "sft")  # what an export of a GPT-2 directory carries on
 # transformers' own config settings: run metadata under these names would change how it loads.
 _HF_RESERVED = {
     "architectures",
