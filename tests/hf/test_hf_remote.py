@@ -115,11 +115,12 @@ def test_a_cache_of_fixed_length_is_refused_not_misread(hf_model):
     (every query seeing every slot), so it is an error, not silently different logits."""
     from transformers.cache_utils import StaticCache
 
-    ids = ids_batch(1, 8, seed=3)
+    try:
+        cache = StaticCache(config=hf_model.config, max_cache_len=32)
+    except TypeError:  # transformers 4.x also wants the batch size
+        cache = StaticCache(config=hf_model.config, max_batch_size=1, max_cache_len=32)
     with pytest.raises(TypeError, match="DynamicCache"):
-        hf_model(
-            input_ids=ids, past_key_values=StaticCache(config=hf_model.config, max_cache_len=32)
-        )
+        hf_model(input_ids=ids_batch(1, 8, seed=3), past_key_values=cache)
 
 
 def test_hidden_states_and_attentions_asked_for_are_an_error_not_none(hf_model):
