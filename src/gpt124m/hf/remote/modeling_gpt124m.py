@@ -128,7 +128,9 @@ class GPT124MForCausalLM(GPT124MPreTrainedModel, GenerationMixin):
             )
         for flag in ("output_hidden_states", "output_attentions"):
             asked = kwargs.get(flag)
-            if asked if asked is not None else getattr(self.config, flag, False):
+            if asked is None:  # not passed: the config's setting
+                asked = getattr(self.config, flag, False)
+            if asked:
                 raise ValueError(
                     f"{flag}: not supported by this model's code; the --format gpt2 export "
                     "(GPT2LMHeadModel) has it"
