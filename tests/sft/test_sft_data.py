@@ -115,6 +115,29 @@ def test_malformed_rows_are_counted_with_line_numbers(tmp_path, caplog):
     assert "5 of 7 rows malformed" in caplog.text and "line 6" in caplog.text
 
 
+def test_jsonl_records_may_hold_unicode_line_separators_and_a_bom(tmp_path):
+    """JSON leaves U+0085, U+2028 and U+2029 unescaped (ensure_ascii=False writers do), so
+    they are data, not line breaks; a UTF-8 byte-order mark is not data either."""
+    rows = [
+        {"instruction": "Quote it\u2028twice.", "output": "Done\x85 ok"},
+        {"instruction": "Para\u2029graph.", "input": "a\x85b", "output": "yes"},
+        {"instruction": "Plain.", "output": "fine"},
+    ]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows)
+    want = [json.loads(line) for line in text.split("\n") if line.strip()]  # what jq reads
+    for name, encoding in (("d.jsonl", "utf-8"), ("bom.jsonl", "utf-8-sig"), ("d.json", "utf-8")):
+        path = tmp_path / name
+        path.write_bytes(text.encode(encoding))
+        examples, report = sft_examples.load_examples(str(path))
+        assert report.malformed == 0 and report.rows == 3, (name, dict(report.problems))
+        assert [(e.instruction, e.input, e.output) for e in examples] == [
+            (w["instruction"], w.get("input", ""), w["output"]) for w in want
+        ]
+    path = tmp_path / "array.json"
+    path.write_bytes(json.dumps(rows, ensure_ascii=False).encode("utf-8-sig"))
+    assert len(sft_examples.load_examples(str(path))[0]) == 3
+
+
 def test_json_array_reports_item_indexes_and_empty_results_are_errors(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}]))

@@ -124,7 +124,7 @@ def _read_rows(path: Path):
         raise FileNotFoundError(f"{path}: no such HellaSwag file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue

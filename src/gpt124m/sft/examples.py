@@ -92,8 +92,10 @@ def parse_rows(rows: Sequence[tuple[str, Any]], report: LoadReport) -> list[Exam
 
 
 def _read_jsonl(text: str, report: LoadReport) -> list[tuple[str, Any]]:
+    """One record per `\n`: JSON strings may hold U+0085, U+2028 and U+2029 unescaped, and
+    `str.splitlines` would cut a record at them."""
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -108,7 +110,7 @@ def _read_file(path: Path, report: LoadReport) -> list[tuple[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"--data {path}: no such file (give `alpaca` or a JSON/JSONL file)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not data
     except UnicodeDecodeError as e:
         raise ValueError(f"--data {path}: not UTF-8 text ({e})") from None
     if path.suffix == ".jsonl":
