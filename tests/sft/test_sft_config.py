@@ -129,6 +129,9 @@ def test_bundled_recipe_is_the_seed_run(tmp_path):
     )
     assert (cfg.max_lr, cfg.weight_decay, cfg.precision) == (5e-5, 0.1, "fp32")
     assert parse(["--epochs", "1"], recipe="gpt124m-alpaca").epochs == 1
+    # the recipe leaves lr and decay to the method: LoRA on it gets LoRA's, not full FT's
+    lora = parse(["--method", "lora"], recipe="gpt124m-alpaca")
+    assert (lora.max_lr, lora.weight_decay) == (3e-4, 0.0)
     bad = tmp_path / "r.yaml"
     bad.write_text("data_dir: x\n")
     with pytest.raises(ValueError, match="unknown fields data_dir"):

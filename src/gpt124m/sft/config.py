@@ -45,7 +45,10 @@ RECIPE_PACKAGE = "gpt124m.sft"
 
 @dataclass
 class SFTConfig(TrainConfig):
-    """An instruction-tuning run. Defaults reproduce the seed's full fine-tuning on Alpaca."""
+    """An instruction-tuning run. Defaults reproduce the seed's full fine-tuning on Alpaca.
+
+    `max_lr` and `weight_decay` left None take `method`'s defaults when the config is built, so
+    `dataclasses.replace(cfg, method="lora")` keeps cfg's values: build a new config instead."""
 
     base: str = option(
         "",
