@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -258,3 +259,35 @@ def test_a_resumed_run_counts_the_time_of_every_session(tmp_path, fixed_batches,
     assert summary["wall_time_s"] == final["wall_time_s"]
     # both rounded: seconds to 0.01 (0.005 / 3600 h) and hours to 1e-6 (5e-7 h)
     assert summary["device_hours"] == pytest.approx(final["wall_time_s"] / 3600, abs=2e-6)
+
+
+def test_a_resumed_run_keeps_the_evaluations_its_checkpoint_recorded(tmp_path, fixed_batches):
+    """Until it evaluates again, a resumed run's checkpoints and summary carry the latest
+    evaluation, as the uninterrupted run's do; resumed at its last step it evaluates nothing."""
+    from gpt124m.train.checkpointer import run_metadata
+    from gpt124m.train.evaluators import Hooks
+
+    source = fixed_batches(n_batches=2, seed=1)
+    hooks = Hooks(val_batches=lambda: [source.next_batch() for _ in range(2)])
+    cfg = tiny_cfg(tmp_path, max_steps=8, eval_every=4, checkpoint_every=2, keep_checkpoints=5)
+    torch.manual_seed(0)
+    whole = fit(cfg, GPT(get_preset("tiny")), fixed_batches(), hooks=hooks)
+    ckpts = tmp_path / "run" / "checkpoints"
+    at_6 = run_metadata(ckpts / "step_0000006")["results"]
+    at_4 = run_metadata(ckpts / "step_0000004")["results"]
+    assert at_6 == at_4 and set(at_6) == {"val_loss"}  # step 6 saw no evaluation of its own
+    assert whole["final_val_loss"] == run_metadata(ckpts / "step_0000008")["results"]["val_loss"]
+
+    # the run ended, then the summary was lost (say, the disk filled while writing it)
+    (tmp_path / "run" / "summary.json").unlink()
+    again = fit(dataclasses.replace(cfg, resume="auto"), GPT(get_preset("tiny")), fixed_batches())
+    assert again["steps"] == 8 and again["final_val_loss"] == whole["final_val_loss"]
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["final_val_loss"] == whole["final_val_loss"]
+
+    # a crash after step 4: the redone step 6 records the step-4 loss, as the first time did
+    for step in (6, 8):
+        shutil.rmtree(ckpts / f"step_{step:07d}")
+    resumed = dataclasses.replace(cfg, resume="auto")
+    fit(resumed, GPT(get_preset("tiny")), fixed_batches(), hooks=hooks)
+    assert run_metadata(ckpts / "step_0000006")["results"] == at_6

@@ -20,7 +20,7 @@ from torch import nn
 from gpt124m import collectives
 from gpt124m.device import require_compiler, resolve_precision, use_tf32
 from gpt124m.train import checkpointing, distributed
-from gpt124m.train.checkpointer import Checkpointer
+from gpt124m.train.checkpointer import Checkpointer, run_metadata
 from gpt124m.train.config import TrainConfig, apply_step_cap
 from gpt124m.train.costs import (
     StepClock,
@@ -87,6 +87,7 @@ class _Run:
         )
         if state is not None:
             self.checkpointer.restore(state, self.stepper)
+            self.results = _recorded_results(state.path)
             self.metrics.truncate_after(self.stepper.step)
             log.info(
                 "resumed from %s at step %d (%s tokens)",
@@ -244,6 +245,19 @@ class _Run:
                 summary["co2_kg"],
             )
         return summary
+
+
+def _recorded_results(checkpoint: Path) -> dict[str, Any]:
+    """The evaluations a checkpoint records, as `_Run.results` holds them: a resumed run keeps
+    them in its summary and next checkpoint until it evaluates again (a run resumed at its last
+    step evaluates nothing)."""
+    recorded = run_metadata(checkpoint).get("results") or {}
+    results: dict[str, Any] = {}
+    if "val_loss" in recorded:
+        results["val"] = {"loss": recorded["val_loss"]}
+    if "hellaswag" in recorded:
+        results["hellaswag"] = recorded["hellaswag"]
+    return results
 
 
 def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
