@@ -188,6 +188,67 @@ def test_max_tokens_caps_the_total(tmp_path):
     manifest = prepare(cfg(tmp_path / "a.jsonl", tmp_path / "out", max_tokens=555))
     assert manifest["tokens"] == 555 and manifest["truncated_by_max_tokens"]
     assert np.array_equal(all_tokens(tmp_path / "out", manifest), expected_tokens(DOCS)[:555])
+    # a cap the source ends exactly at cuts nothing; one a document short of it does
+    total = len(expected_tokens(DOCS))
+    exact = prepare(cfg(tmp_path / "a.jsonl", tmp_path / "exact", max_tokens=total))
+    assert exact["tokens"] == total and not exact["truncated_by_max_tokens"]
+    short = total - len(expected_tokens(DOCS[-1:]))
+    one_short = prepare(cfg(tmp_path / "a.jsonl", tmp_path / "short", max_tokens=short))
+    assert one_short["documents"] == len(DOCS) - 1 and one_short["truncated_by_max_tokens"]
+
+
+def test_a_recursive_glob_reads_each_file_once(tmp_path):
+    """`data/**` names the folders as well as the files in them; a duplicate file would also
+    put the validation tokens into training."""
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    write_jsonl(tmp_path / "data" / "a.jsonl", DOCS[:7])
+    write_jsonl(tmp_path / "data" / "sub" / "b.jsonl", DOCS[7:])
+    for pattern in ("data/**", "data/**/*", "**/*.jsonl"):
+        out = tmp_path / f"out-{len(pattern)}"
+        manifest = prepare(cfg(tmp_path / pattern, out))
+        check(out, manifest, DOCS)
+
+
+def test_an_existing_file_is_itself_even_with_glob_characters(tmp_path):
+    write_jsonl(tmp_path / "part[1].jsonl", DOCS)
+    write_jsonl(tmp_path / "part1.jsonl", ["the wrong file"])
+    manifest = prepare(cfg(tmp_path / "part[1].jsonl", tmp_path / "out"))
+    check(tmp_path / "out", manifest, DOCS)
+
+
+def _dataset_folder(root, configs):
+    """A local copy of a hub dataset repo: files per config, and a card that declares them."""
+    card = ["---", "configs:"]
+    for name, docs in configs.items():
+        (root / name).mkdir(parents=True)
+        write_parquet(root / name / "0.parquet", docs)
+        card += [
+            f"- config_name: {name}",
+            "  data_files:",
+            "  - split: train",
+            f"    path: {name}/*",
+        ]
+    (root / "README.md").write_text("\n".join([*card, "---", "# A dataset", ""]))
+    return root
+
+
+def test_a_local_hub_dataset_folder_is_read_as_the_hub_reads_it(tmp_path, monkeypatch):
+    """Like FineWeb-Edu's repo: `sample-10BT` is a subset of the whole, so reading every file
+    in the tree would read its documents twice."""
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    repo = _dataset_folder(
+        tmp_path / "fineweb-edu", {"default": DOCS + ["more"] * 40, "sample-10BT": DOCS}
+    )
+    manifest = prepare(cfg(repo, tmp_path / "out", hf_config="sample-10BT"))
+    check(tmp_path / "out", manifest, DOCS)
+    assert manifest["settings"]["source"]["config"] == "sample-10BT"
+    with pytest.raises(
+        ValueError, match="configs default, sample-10BT; choose one with --hf-config"
+    ):
+        prepare(cfg(repo, tmp_path / "out2", hf_config="sample-100BT"))
+    single = _dataset_folder(tmp_path / "mine", {"default": DOCS})
+    check(tmp_path / "out3", prepare(cfg(single, tmp_path / "out3", hf_config="sample-10BT")), DOCS)
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path):

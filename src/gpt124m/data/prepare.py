@@ -260,13 +260,15 @@ def _prepare_into(cfg: PrepareConfig, source: Source, out: Path) -> dict:
     # source that ends exactly there can still be split.
     full_end: dict | None = None
     truncated = 0
+    cut = False
     next_doc = start_doc
     t0 = time.perf_counter()
     chars_seen = docs_seen = 0
     bar = _progress(cfg)
     bar.update(writer.written)
     try:
-        for chunk in encoded_chunks(source, start_doc, cfg.workers):
+        chunks = encoded_chunks(source, start_doc, cfg.workers)
+        for chunk in chunks:
             used, offset = offset, 0
             if marks is not None:
                 marks.append((writer.written - used, chunk.first, chunk.ends, chunk.counts, totals))
@@ -285,6 +287,8 @@ def _prepare_into(cfg: PrepareConfig, source: Source, out: Path) -> dict:
                 end = position(chunk, used)
                 totals = np.array([end[k] for k in COUNTERS], dtype=np.int64)
                 truncated = int(end["offset"] > 0)
+                # cut short only if tokens were left: here, or in a later chunk
+                cut = used < n or any(len(later.tokens) for later in chunks)
                 break
             totals = totals + chunk.counts.sum(axis=0)
             next_doc = chunk.first + len(chunk.ends)
@@ -343,7 +347,7 @@ def _prepare_into(cfg: PrepareConfig, source: Source, out: Path) -> dict:
             "invalid_utf8_sequences_replaced": counters["replaced_sequences"],
             "documents_with_replacements": counters["repaired_documents"],
         },
-        "truncated_by_max_tokens": writer.done,
+        "truncated_by_max_tokens": cut,
     }
     manifest = writer.save(complete=True, extra=extra)
     if counters["replaced_sequences"]:

@@ -50,12 +50,24 @@ def open_source(
     text_field: str = "text",
     split_lines: bool = False,
 ) -> Source:
-    """Resolve `source`: "builtin", an existing path/dir, a glob, else a hub dataset id."""
+    """Resolve `source`: "builtin", an existing path/dir, a glob, else a hub dataset id. A
+    local copy of a hub dataset whose card declares configs is read as the hub would read it
+    (one config's files, not every file in the tree)."""
     if not source:
         raise ValueError("source is empty")
     if source == "builtin":
         return Source(builtin.describe(), lambda: ((d, 0) for d in builtin.documents()))
-    if glob.has_magic(source) or Path(source).exists():
+    configs = dataset_configs(Path(source))
+    if configs:
+        if hf_config not in configs:
+            if len(configs) > 1:
+                raise ValueError(
+                    f"{source} is a Hugging Face dataset with configs {', '.join(configs)}; "
+                    f"choose one with --hf-config (not {hf_config!r})"
+                )
+            hf_config = configs[0]
+        return open_hf(source, hf_config=hf_config, split=split, text_field=text_field)
+    if Path(source).exists() or glob.has_magic(source):
         files = local_files(source)
         return Source(
             {
@@ -76,9 +88,31 @@ def open_source(
     )
 
 
+def dataset_configs(path: Path) -> list[str]:
+    """The config names a local dataset folder's card (README.md front matter) declares."""
+    card = path / "README.md"
+    if not card.is_file():
+        return []
+    text = card.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return []
+    import yaml
+
+    try:
+        meta = yaml.safe_load(text[3:].split("\n---", 1)[0])
+    except yaml.YAMLError:
+        return []
+    entries = meta.get("configs") if isinstance(meta, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [e["config_name"] for e in entries if isinstance(e, dict) and "config_name" in e]
+
+
 def local_files(source: str) -> list[Path]:
-    """Files named by a path, directory or glob, in sorted order; only supported suffixes."""
-    if glob.has_magic(source):
+    """Files named by a path, directory or glob, in sorted order, each once; only supported
+    suffixes. An existing path is itself even if its name holds glob characters."""
+    pattern = not Path(source).exists() and glob.has_magic(source)
+    if pattern:
         matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
         if not matches:
             raise FileNotFoundError(f"no files match {source!r}")
@@ -98,11 +132,16 @@ def local_files(source: str) -> list[Path]:
             )
         elif path.suffix.lower() in LOCAL_SUFFIXES:
             files.append(path)
-        elif not glob.has_magic(source):
+        elif not pattern:
             raise ValueError(
                 f"unsupported file type {path.suffix or '(none)'!r} for {path}; "
                 f"expected one of {', '.join(LOCAL_SUFFIXES)}"
             )
+    # A recursive glob ("data/**") names folders and the files in them: read each file once.
+    unique: dict[Path, Path] = {}
+    for path in files:
+        unique.setdefault(path.resolve(), path)
+    files = list(unique.values())
     if not files:
         raise ValueError(f"empty source: {source!r} holds no {', '.join(LOCAL_SUFFIXES)} files")
     return files
