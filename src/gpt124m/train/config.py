@@ -57,7 +57,9 @@ class TrainConfig:
         ),
     )
     max_steps: int = option(100, "optimizer steps in the run")
-    seed: int = option(1337, "seeds the model init, the data order and the samples")
+    seed: int = option(
+        1337, "seeds the model init, the data order, dropout (per rank) and the samples"
+    )
     dropout: float = option(0.0, "dropout probability in the model")
 
     # optimizer and schedule

@@ -39,6 +39,7 @@ __all__ = ["BatchSource", "Hooks", "TrainingDiverged", "fit"]
 
 log = logging.getLogger(__name__)
 
+RANK_SEED_STRIDE = 1_000_003
 STATS_EVERY = 50  # read step statistics back at least this often when nothing is logged
 
 
@@ -70,6 +71,11 @@ class _Run:
         collectives.barrier()
         if state is not None:
             checkpointing.load_weights(self.module, state.path)
+        elif info.world_size > 1:
+            # The ranks built the same weights from one seed; from here each draws its own
+            # dropout masks, as one process does across its micro-batches (a resume restores
+            # each rank's own generator instead).
+            torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * (info.rank + 1))
         use_tf32(self.device)
         stepping = distributed.wrap(self.module, info, cfg.parallel)
         if cfg.compile:
