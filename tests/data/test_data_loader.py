@@ -184,8 +184,43 @@ def test_token_batches_budget_and_errors():
     batches = list(token_batches(tokens, batch_size=2, seq_len=10, max_tokens=100))
     assert len(batches) == 5
     assert batches[-1][1].flatten()[-1].item() == 100
-    with pytest.raises(ValueError, match="cannot fill one step"):
-        token_batches(tokens, batch_size=2, seq_len=10, max_tokens=19)
+    with pytest.raises(ValueError, match="cannot fill one sequence of 10 on each of 2"):
+        token_batches(tokens, batch_size=2, seq_len=10, max_tokens=19, rank=1, world_size=2)
+
+
+def test_the_tokens_scored_do_not_depend_on_the_batch_size():
+    """Only whole sequences, the same number per rank; the last batch may be short. So an
+    `auto` micro-batch, or another GPU, scores the same tokens (here all 9 x 10 of 95)."""
+    tokens = np.arange(1000, dtype=np.uint16)
+
+    def scored(batch_size, world_size=1):
+        pairs = []
+        for rank in range(world_size):
+            for x, y in token_batches(
+                tokens,
+                batch_size=batch_size,
+                seq_len=10,
+                max_tokens=95,
+                rank=rank,
+                world_size=world_size,
+            ):
+                assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
+                pairs += list(zip(x.flatten().tolist(), y.flatten().tolist(), strict=True))
+        return sorted(pairs)
+
+    every = sorted((t, t + 1) for t in range(90))  # the reference: the first 9 whole sequences
+    for batch_size in (1, 2, 4, 9, 16):
+        assert scored(batch_size) == every
+    shapes = [x.shape[0] for x, _ in token_batches(tokens, batch_size=4, seq_len=10, max_tokens=95)]
+    assert shapes == [4, 4, 1]
+    # two ranks: 4 sequences each, in as many batches of the same shapes on both
+    assert scored(3, world_size=2) == every[:80]
+    per_rank = [
+        [x.shape for x, _ in token_batches(tokens, batch_size=3, seq_len=10, max_tokens=95,
+                                           rank=r, world_size=2)]
+        for r in range(2)
+    ]  # fmt: skip
+    assert per_rank[0] == per_rank[1] == [torch.Size([3, 10]), torch.Size([1, 10])]
     with pytest.raises(ValueError, match="rank"):
         token_batches(tokens, batch_size=2, seq_len=10, max_tokens=None, rank=2, world_size=2)
 

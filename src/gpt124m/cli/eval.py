@@ -46,7 +46,9 @@ class LossOptions(EvalOptions):
         None, "directory for loss.json (default: only print the result)", aliases=("--out",)
     )
     data: str = option(help="prepared shard directory (val split) or a UTF-8 text file")
-    tokens: int | None = option(None, "token budget over all ranks (default: all)")
+    tokens: int | None = option(
+        None, "token budget over all ranks, in whole sequences (default: all there are)"
+    )
     batch_size: int = option(8, "sequences per forward pass")
     seq_len: int | None = option(None, "tokens per sequence (default: the model's block size)")
 

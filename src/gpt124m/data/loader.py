@@ -255,10 +255,12 @@ def token_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Deterministic sequential read of a token array: identical on every run; ranks get
     disjoint batches. `max_tokens` is the budget over all ranks (None: the whole array).
+
+    It reads whole rows of `seq_len`, the same number on every rank, in batches of
+    `batch_size` with a shorter last one: which tokens are scored depends on the budget, the
+    sequence length and the ranks, never on the batch size (an `auto` micro-batch included).
     Bad arguments raise at the call, not at the first batch."""
     _check_shape(batch_size, seq_len, rank, world_size)
-    bt = batch_size * seq_len
-    step = world_size * bt
     available = len(tokens) - 1
     budget = available
     if max_tokens is not None:
@@ -271,17 +273,18 @@ def token_batches(
                 f"{available:,}",
             )
         budget = min(max_tokens, available)
-    n_steps = budget // step
-    if n_steps == 0:
+    rows = budget // (seq_len * world_size)  # per rank
+    if rows == 0:
         raise ValueError(
-            f"{budget:,} tokens cannot fill one step of batch {batch_size} x seq {seq_len} x "
-            f"{world_size} ranks ({step:,} tokens)"
+            f"{budget:,} tokens cannot fill one sequence of {seq_len} on each of {world_size} "
+            f"rank(s) ({seq_len * world_size:,} tokens)"
         )
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i in range(n_steps):
-            start = i * step + rank * bt
-            yield _to_batch(tokens[start : start + bt + 1], batch_size, seq_len)
+        for done in range(0, rows, batch_size):
+            n = min(batch_size, rows - done)
+            start = (rank * rows + done) * seq_len
+            yield _to_batch(tokens[start : start + n * seq_len + 1], n, seq_len)
 
     return batches()
 

@@ -127,7 +127,10 @@ class TrainConfig:
     eval_every: int = option(250, "validation loss every N steps (0: never)")
     val_tokens: int = option(
         16_384,
-        "tokens of the validation shard per evaluation, over all ranks",
+        (
+            "tokens of the validation shard per evaluation, over all ranks, in whole sequences "
+            "(the same ones whatever the micro-batch)"
+        ),
     )
     sample_every: int = option(1000, "text samples from --sample-prompts every N steps (0: never)")
     sample_prompts: list[str] = option(
