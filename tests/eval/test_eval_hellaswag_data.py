@@ -215,8 +215,10 @@ def test_hook_warns_once_and_carries_on_when_data_is_unavailable(fake_hub, model
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "HellaSwag" in warnings[0].getMessage()
     assert "--hellaswag-data FILE" in warnings[0].getMessage()  # train's flag, not eval's
+    # a local file that is not there is a mistake to fix, not the hub being out of reach
     missing = hs.HellaSwagHook("/no/such/hellaswag.jsonl")
-    assert missing(model, device="cpu") is None
+    with pytest.raises(FileNotFoundError, match="no such HellaSwag file"):
+        missing.prepare()
 
 
 def test_hook_runs_the_completion_convention_on_cached_tokens(jsonl_file, model, monkeypatch):

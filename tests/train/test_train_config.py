@@ -98,6 +98,11 @@ def test_bad_values_and_recipes_are_named(tmp_path):
     with pytest.raises(ValueError, match="--grid-gco2-per-kwh -1.0: must be >= 0"):
         parse(["--grid-gco2-per-kwh", "-1"])
     parse(["--power-watts", "0", "--grid-gco2-per-kwh", "0"])  # no estimate: allowed
+    # a mistyped local HellaSwag file is refused at the start, not a run without its scores
+    typo = ["--hellaswag-every", "100", "--hellaswag-data", str(tmp_path / "hellaswg.jsonl")]
+    with pytest.raises(ValueError, match="--hellaswag-data .*hellaswg.jsonl': no such file"):
+        parse(typo)
+    parse(typo[2:])  # not evaluated: not read
     with pytest.raises(ValueError, match="unknown recipe"):
         load_recipe("nope")
     bad = tmp_path / "r.yaml"

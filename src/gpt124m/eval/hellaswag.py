@@ -174,15 +174,14 @@ class HellaSwagHook:
 
     def prepare(self, *, rank: int = 0) -> bool:
         """Load the items now (else on the first call); False if they cannot be had, with one
-        warning from rank 0. Malformed data still raises ValueError: a mistake to fix."""
+        warning from rank 0. A local file that is missing or malformed still raises: a
+        mistake to fix, not a run to finish without its scores."""
         if self._items is None and self._unavailable is None:
             try:
                 self._items = load_items(self.data, limit=self.limit, cache_dir=self.cache_dir)
-            except (HellaSwagUnavailable, FileNotFoundError) as e:
+            except HellaSwagUnavailable as e:
                 self._unavailable = str(e)
-                hint = ""
-                if isinstance(e, HellaSwagUnavailable):
-                    hint = f"; pass --hellaswag-data FILE, {LOCAL_COPY_HINT}"
+                hint = f"; pass --hellaswag-data FILE, {LOCAL_COPY_HINT}"
                 if rank == 0:
                     log.warning("HellaSwag evaluation disabled for this run: %s%s", e, hint)
         return self._items is not None

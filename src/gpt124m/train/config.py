@@ -206,6 +206,9 @@ class TrainConfig:
             raise bad("grad_clip", "must be positive (inf never clips)")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"choose from {', '.join(OPTIMIZERS)}")
+        local = None if self.hellaswag_data is None else Path(self.hellaswag_data).expanduser()
+        if self.hellaswag_every and local is not None and not local.is_file():
+            raise bad("hellaswag_data", "no such file")
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise bad("peak_flops", "must be positive (leave it out for the device's own)")
         for name in ("power_watts", "grid_gco2_per_kwh"):  # 0 is allowed: no estimate
