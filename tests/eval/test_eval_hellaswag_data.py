@@ -69,6 +69,36 @@ def test_rows_follow_each_convention(rows):
     assert comp.label == harn.label == 0
 
 
+def harness_encode_pair(context, continuation):
+    """lm-evaluation-harness's split: the context's trailing whitespace goes with the
+    continuation; the whole string is encoded once and cut after the context's tokens."""
+    tok = get_tokenizer()
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    whole = tok.encode(context + continuation)
+    return whole, len(whole) - len(tok.encode(context))
+
+
+def test_a_query_ending_in_a_space_scores_the_space_with_the_ending():
+    """`preprocess` strips first, then drops brackets: "... sink. [step]" ends in a space."""
+    row = {
+        "activity_label": "Home and Garden",
+        "ctx_a": "[header] How to clean a sink [title] Rinse the sink. [step]",
+        "ctx_b": "",
+        "ctx": "unused",
+        "endings": ["Use warm water.", "[substeps] Dry it."],
+        "label": 0,
+    }
+    item = hsd.parse_item(row, "f: line 1")
+    query = hsd.harness_query(item)
+    assert query.endswith(". ")
+    (harn,) = hs.encode_items([item], "harness", block_size=1024)
+    for j, ending in enumerate(item.endings):
+        whole, n_scored = harness_encode_pair(query, " " + hsd.preprocess(ending))
+        assert harn.rows[j] == tuple(whole) and harn.n_scored[j] == n_scored
+
+
 def test_long_rows_keep_the_ending_and_lose_the_start_of_the_context(rows):
     item = hsd.parse_item({**rows[0], "ctx": "word " * 200}, "f: line 1")
     (enc,) = hs.encode_items([item], "completion", block_size=64)

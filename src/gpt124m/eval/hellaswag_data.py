@@ -223,12 +223,15 @@ def encode_items(
     else:
         contexts = [harness_query(it) for it in items]
         endings = [[preprocess(e) for e in it.endings] for it in items]
-    ctx_ids = tokenizer.encode_batch(contexts)
     flat = [" " + e for ends in endings for e in ends]
     if convention == "completion":
+        ctx_ids = tokenizer.encode_batch(contexts)
         end_ids = tokenizer.encode_batch(flat)
     else:
-        # As the harness does: encode context + continuation whole, then split at the context.
+        # As the harness does: encode context + continuation whole, then split at the context
+        # less its trailing whitespace (a query may end in one: "...sink. [step]" -> "...sink. "),
+        # which is scored with the continuation.
+        ctx_ids = tokenizer.encode_batch([c.rstrip() for c in contexts])
         owners = [i for i, ends in enumerate(endings) for _ in ends]
         whole = tokenizer.encode_batch([contexts[i] + c for i, c in zip(owners, flat, strict=True)])
         end_ids = [w[len(ctx_ids[i]) :] for i, w in zip(owners, whole, strict=True)]
