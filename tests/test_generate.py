@@ -200,10 +200,17 @@ def test_stop_strings_on_ids_are_an_error_not_ignored(tiny_model):
 def test_block_size_overflow_is_an_error(tiny_model):
     block = tiny_model.config.block_size
     with pytest.raises(ValueError, match="block size"):
-        generate(tiny_model, [[1] * (block - 4)], greedy(max_new_tokens=5))
+        generate(tiny_model, [[1] * (block - 4)], greedy(max_new_tokens=6))
     with pytest.raises(ValueError, match="block size"):
-        generate(tiny_model, [[1] * 3], greedy(max_new_tokens=None, max_length=block + 1))
-    assert len(generate(tiny_model, [[1] * (block - 4)], greedy(max_new_tokens=4))[0]) == 4
+        generate(tiny_model, [[1] * 3], greedy(max_new_tokens=None, max_length=block + 2))
+    assert len(generate(tiny_model, [[1] * (block - 4)], greedy(max_new_tokens=5))[0]) == 5
+    # the last new token is never fed back, so a full block still gives one more (as
+    # transformers' generate does): the argmax of a plain forward over the whole block
+    prompt = torch.randint(0, 1000, (block,), generator=torch.Generator().manual_seed(0))
+    (new,) = generate(tiny_model, [prompt.tolist()], greedy(max_new_tokens=1))
+    with torch.no_grad():
+        logits, _ = tiny_model(prompt[None])
+    assert new == [logits[0, -1].argmax().item()]
 
 
 @pytest.mark.parametrize(

@@ -130,10 +130,13 @@ def decode_steps(
     longest = max(len(p) for p in prompts)
     budget = cfg.new_token_budget(longest)
     block = model.config.block_size
-    if longest + budget > block:
+    # The last new token is returned, never fed back: the model sees one position less.
+    positions = longest + max(budget - 1, 0)
+    if positions > block:
         raise ValueError(
             f"prompt ({longest} tokens) + new tokens ({budget}) exceeds the model's block size "
-            f"({block}); shorten the prompt or lower max_new_tokens/max_length"
+            f"({block}) by {positions - block}; shorten the prompt or lower "
+            "max_new_tokens/max_length"
         )
     if budget == 0:
         return
@@ -164,13 +167,13 @@ def decode_steps(
                 seen[rows[mask], ids[mask]] = True
             if compiled:
                 decoder = decoder_for(model)
-                cache, valid = leases.enter_context(decoder.lease(B, longest + budget))
+                cache, valid = leases.enter_context(decoder.lease(B, positions))
                 valid[:, :longest] = mask
                 valid[:, longest:] = True
                 at = torch.tensor([longest], device=device)  # the cache slot written next
                 pos = mask.sum(dim=1, keepdim=True)  # each row's next position
             else:
-                cache = KVCache(model.config, B, longest + budget, device, dtype)
+                cache = KVCache(model.config, B, positions, device, dtype)
             logits, _ = model(ids, attention_mask=attention_mask, cache=cache, last_only=True)
         for step in range(budget):
             with torch.inference_mode():

@@ -57,8 +57,8 @@ def test_response_streams_only_new_text_within_the_block(untrained_dir):
     text = "".join(pieces)
     assert "### Response" not in text
     prompt_tokens = len(tok.encode("### Instruction:\nHi.\n\n### Response:\n"))
-    assert len(tok.encode(text)) <= 64 - prompt_tokens
-    with pytest.raises(ValueError, match="fills the model's 64-token block"):
+    assert len(tok.encode(text)) <= 64 - prompt_tokens + 1  # the last one is never fed back
+    with pytest.raises(ValueError, match="longer than the model's 64-token block"):
         respond(model, tok, "word " * 80, cfg=cfg)
     with pytest.raises(ValueError, match="empty"):
         respond(model, tok, "  ", cfg=cfg)
@@ -87,7 +87,7 @@ def test_bad_lines_are_reported_and_the_session_goes_on(untrained_dir, monkeypat
     argv = ["chat", "--model", str(untrained_dir), "--max-new-tokens", "3", "--temperature", "0"]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "error: the prompt fills" in captured.err
+    assert "error: the prompt is longer than the model's 64-token block" in captured.err
     assert captured.out.count("\n") == 1  # the second line was still answered
 
 

@@ -37,10 +37,11 @@ def respond(
         raise ValueError("the instruction is empty")
     prompt = format_prompt(instruction, input_text, template)
     n_prompt = len(tokenizer.encode(prompt))
-    room = model.config.block_size - n_prompt
+    room = model.config.block_size - n_prompt + 1  # the last token is never fed back
     if room < 1:
         raise ValueError(
-            f"the prompt fills the model's {model.config.block_size}-token block; shorten it"
+            f"the prompt is longer than the model's {model.config.block_size}-token block; "
+            "shorten it"
         )
     asked = cfg.max_new_tokens is not None or cfg.max_length is not None
     budget = min(cfg.new_token_budget(n_prompt), room) if asked else room
