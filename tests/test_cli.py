@@ -54,10 +54,16 @@ def test_generate_greedy_prints_only_the_continuation(tiny_model, tiny_model_dir
 
 
 def test_generate_reads_the_prompt_from_stdin(tiny_model, tiny_model_dir, tok, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", io.StringIO(PROMPT))
+    """`echo PROMPT | gpt124m generate` is `--prompt PROMPT`: the line's newline is not part of
+    it; inner and earlier newlines are."""
     argv = ["generate", "--model", str(tiny_model_dir), "--temperature", "0"]
+    for piped in (PROMPT, PROMPT + "\n", PROMPT + "\r\n"):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(piped))
+        assert main([*argv, "--max-new-tokens", "12"]) == 0
+        assert capsys.readouterr().out == greedy_text(tiny_model, tok) + "\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PROMPT + "\n\n"))
     assert main([*argv, "--max-new-tokens", "12"]) == 0
-    assert capsys.readouterr().out == greedy_text(tiny_model, tok) + "\n"
+    assert capsys.readouterr().out == greedy_text(tiny_model, tok, PROMPT + "\n") + "\n"
 
 
 def test_generate_sampling_with_seed_and_samples(tiny_model_dir, capsys):

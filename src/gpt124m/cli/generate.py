@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(kw_only=True)
 class GenerateOptions(SamplingOptions):
-    prompt: str | None = option(None, "prompt text (default: read stdin)")
+    prompt: str | None = option(
+        None, "prompt text (default: read stdin, less the newline that ends its last line)"
+    )
     num_samples: int = option(1, "independent samples to print")
     stop: list[str] = option(default_factory=list, help="stop string (repeatable)", repeat=True)
 
@@ -32,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     args = from_args(args, GenerateOptions)
     if args.prompt is None and sys.stdin.isatty():
         log.info("reading the prompt from stdin (end it with Ctrl-D)")
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    prompt = args.prompt
+    if prompt is None:  # `echo Hi |` and a typed line end in a newline that --prompt Hi has not
+        prompt = sys.stdin.read().removesuffix("\n").removesuffix("\r")
     if not prompt:
         raise ValueError("--prompt is empty (and nothing came on stdin)")
     if args.num_samples < 1:
