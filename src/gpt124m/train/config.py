@@ -74,8 +74,8 @@ class TrainConfig:
     max_lr: float = option(6e-4, "peak learning rate, reached after the warmup")
     min_lr: float = option(
         6e-5,
-        "learning rate at the end of the decay (a number, not a share: the defaults and recipes "
-        "set a tenth of --max-lr, so change both)",
+        "learning rate at the end of the decay: a number, not a share of --max-lr (which leaves "
+        "it as it is)",
     )
     warmup_steps: int = option(10, "steps of linear warmup from 0 to --max-lr")
     schedule: str = option(
