@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import types
 
 import huggingface_hub
 import pytest
@@ -31,9 +32,15 @@ class FakeApi:
     def __init__(self, token=None):
         self.calls.append(("init", token))
 
+    public: set = set()  # repos that exist and are public; create_repo leaves them so
+
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
         return f"https://huggingface.co/{repo_id}"
+
+    def repo_info(self, repo_id, **kwargs):
+        self.calls.append(("repo_info", repo_id))
+        return types.SimpleNamespace(private=repo_id not in self.public)
 
     def upload_folder(self, **kwargs):
         self.calls.append(("upload_folder", kwargs))
@@ -75,7 +82,8 @@ def test_dry_run_lists_files_and_touches_no_network(export_copy, monkeypatch, ca
 
 def test_dry_run_is_quiet_when_the_card_names_the_repo(export_copy, repo_ids, capsys, caplog):
     assert main(["push", str(export_copy), "--repo-id", repo_ids["remote_dir"], "--dry-run"]) == 0
-    assert f"would upload to {repo_ids['remote_dir']} (public)" in capsys.readouterr().out
+    shown = f"would upload to {repo_ids['remote_dir']} (the owner's default visibility if new)"
+    assert shown in capsys.readouterr().out
     assert "re-export" not in caplog.text
 
 
@@ -107,9 +115,27 @@ def test_push_creates_the_repo_and_uploads_the_folder(export_copy, monkeypatch, 
     argv = ["push", str(export_copy), "--repo-id", "alice/tiny", "--private"]
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == "https://huggingface.co/alice/tiny/commit/abc"
-    (_, token), (_, repo, create_kwargs), (_, upload) = FakeApi.calls
+    (_, token), (_, repo, create_kwargs), _, (_, upload) = FakeApi.calls
     assert token == "hf_from_env"
     assert repo == "alice/tiny"
     assert create_kwargs == {"private": True, "exist_ok": True, "repo_type": "model"}
     assert upload["repo_id"] == "alice/tiny" and upload["folder_path"] == str(export_copy)
     assert upload["ignore_patterns"] == hub.IGNORE_PATTERNS
+
+
+def test_push_private_never_uploads_to_an_existing_public_repo(export_copy, monkeypatch, capsys):
+    """The Hub ignores `private` for a repo that exists; without --private, a new repo takes its
+    owner's default (huggingface_hub turns private=False into an explicit "public")."""
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_from_env")
+    monkeypatch.setattr(FakeApi, "public", {"alice/tiny"})
+    FakeApi.calls = []
+    assert main(["push", str(export_copy), "--repo-id", "alice/tiny", "--private"]) == 2
+    assert (
+        "alice/tiny already exists and is public; nothing was uploaded" in capsys.readouterr().err
+    )
+    assert not [c for c in FakeApi.calls if c[0] == "upload_folder"]
+    FakeApi.calls = []
+    assert main(["push", str(export_copy), "--repo-id", "alice/tiny"]) == 0
+    created = next(c for c in FakeApi.calls if c[0] == "create_repo")
+    assert created[2]["private"] is None

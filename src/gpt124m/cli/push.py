@@ -17,7 +17,11 @@ log = logging.getLogger(__name__)
 class PushOptions:
     out_dir: str = option(help="a directory written by `gpt124m export`", positional=True)
     repo_id: str = option(help="USER/NAME or ORG/NAME; created if absent")
-    private: bool = option(False, "create the repo as private")
+    private: bool = option(
+        False,
+        "create the repo as private, and refuse an existing public one (default: a new repo "
+        "takes its owner's default visibility)",
+    )
     dry_run: bool = option(False, "list what would be uploaded; touch no network")
 
 
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     check_repo_id(args.repo_id)
     files = plan_upload(args.out_dir)
     if args.dry_run:
-        visibility = "private" if args.private else "public"
+        visibility = "private" if args.private else "the owner's default visibility if new"
         print(f"dry run: would upload to {args.repo_id} ({visibility}):")
         print(format_plan(files))
         if not card_names_repo(args.out_dir, args.repo_id):

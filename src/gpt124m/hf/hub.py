@@ -94,7 +94,17 @@ def push(
             repo_id,
         )
     api = HfApi(token=token)
-    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    # None, not False: a new repo then takes its owner's default (an organisation may make
+    # them private). An existing repo keeps its visibility whatever is passed, so --private
+    # is checked after: never upload to a public repo the user meant to be private.
+    url = api.create_repo(
+        repo_id, private=True if private else None, exist_ok=True, repo_type="model"
+    )
+    if private and not api.repo_info(repo_id, repo_type="model").private:
+        raise ValueError(
+            f"--private: {repo_id} already exists and is public; nothing was uploaded (make it "
+            "private on the Hub, or leave out --private)"
+        )
     log.info("uploading %d files to %s", len(files), url)
     commit = api.upload_folder(
         repo_id=repo_id,
