@@ -17,7 +17,7 @@ from gpt124m.generate import GenerationConfig, generate_text
 from gpt124m.hf import export as export_mod
 from gpt124m.hf.export import AUTO_MAP, NETWORK_FILE, REMOTE_FILES, export
 from gpt124m.loading import load_model
-from gpt124m.tokenizer import get_tokenizer
+from gpt124m.tokenizer import EOT_ID, get_tokenizer
 
 REMOTE = importlib.resources.files("gpt124m.hf") / "remote"
 
@@ -271,3 +271,19 @@ def test_export_cli(native_dir, tmp_path, capsys):
     assert "base_model: alice/base" in front
     assert main(["export", str(native_dir), str(out)]) == 2
     assert "not empty; pass --force" in capsys.readouterr().err
+
+
+def test_a_padded_batch_scores_each_row_as_alone_in_the_gpt2_export(hf_env, gpt2_dir):
+    """`GPT2LMHeadModel.forward` counts positions from each row's start: the gpt2 export pads
+    on the right (as GPT-2's own tokenizer), so a padded forward pass is each row's own."""
+    tokenizer = hf_env.AutoTokenizer.from_pretrained(str(gpt2_dir))
+    assert tokenizer.padding_side == "right" and tokenizer.pad_token_id == EOT_ID
+    model = hf_env.GPT2LMHeadModel.from_pretrained(str(gpt2_dir)).eval()
+    prompts = ["Hi there", "The quick brown fox jumps over the lazy dog"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        together = model(**batch).logits
+        for i, prompt in enumerate(prompts):
+            alone = model(**tokenizer([prompt], return_tensors="pt")).logits[0]
+            real = batch["attention_mask"][i].bool()
+            torch.testing.assert_close(together[i][real], alone, atol=1e-5, rtol=1e-5)

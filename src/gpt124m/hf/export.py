@@ -187,7 +187,7 @@ def write_remote_code(model: GPT, out: Path, metadata: dict[str, Any]) -> None:
     atomic_write_text(
         out / NETWORK_FILE, (importlib.resources.files("gpt124m") / "model.py").read_text()
     )
-    _finish_tokenizer(out, model.config.block_size)
+    _finish_tokenizer(out, model.config.block_size, padding_side="left")
     _write_generation_config(out, model.config.block_size)
 
 
@@ -248,7 +248,7 @@ def write_gpt2(model: GPT, out: Path, metadata: dict[str, Any]) -> None:
     config = {**gpt2_config(model.config, dtype), **metadata}
     atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     get_tokenizer().save_hf_files(out)
-    _finish_tokenizer(out, model.config.block_size)
+    _finish_tokenizer(out, model.config.block_size, padding_side="right")
     _write_generation_config(out, model.config.block_size)
 
 
@@ -265,11 +265,15 @@ def copy_artefacts(model_dir: Path, out: Path) -> list[str]:
     return images
 
 
-def _finish_tokenizer(out: Path, block_size: int) -> None:
-    """Context length from the model; EOT doubles as padding, on the left for generation."""
+def _finish_tokenizer(out: Path, block_size: int, padding_side: str) -> None:
+    """Context length from the model; EOT doubles as padding. The remote code counts positions
+    over real tokens, so it pads on the left, as generation wants; `GPT2LMHeadModel.forward`
+    counts them from the row's start, so the gpt2 format pads on the right as GPT-2's own
+    tokenizer does (a left-padded forward pass shifts every short row's positions, silently;
+    `generate` callers set the left side themselves, and transformers warns them if not)."""
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text())
-    config.update(model_max_length=block_size, pad_token=EOT, padding_side="left")
+    config.update(model_max_length=block_size, pad_token=EOT, padding_side=padding_side)
     atomic_write_text(path, json.dumps(config, indent=2) + "\n")
     special_path = out / "special_tokens_map.json"
     special = json.loads(special_path.read_text())
