@@ -93,6 +93,14 @@ def test_max_new_tokens_is_capped(client):
     assert "33" in str(err.value) and "32" in str(err.value)
 
 
+@pytest.mark.parametrize("seed", [2.5, -0.6])
+def test_a_seed_that_is_not_whole_is_refused_not_rounded(client, seed):
+    """The widget once rounded it: 2.5 ran as 2, and -0.6 as -1, a fresh random seed."""
+    with pytest.raises(gradio_client.exceptions.AppError) as err:
+        client.predict(PROMPT, N_NEW, True, 1.0, 0, 1.0, seed, api_name="/complete")
+    assert "The seed must be a whole number" in str(err.value)
+
+
 def test_empty_instruction_is_refused(client):
     with pytest.raises(gradio_client.exceptions.AppError) as err:
         client.predict("  ", "", N_NEW, False, 0.7, 50, 1.0, -1, api_name="/instruct")

@@ -55,6 +55,10 @@ NAN, INF = float("nan"), float("inf")  # what the API, unlike the widgets, can s
         ("hi", Sampling(16, seed=-1), "The seed must be a whole number"),
         ("hi", Sampling(16, seed=NAN), "The seed must be a whole number"),
         ("hi", Sampling(16, seed=INF), "The seed must be a whole number"),
+        ("hi", Sampling(16, seed=True), "The seed must be a whole number"),
+        ("hi", Sampling(16, seed=2**63), "The seed must be a whole number"),
+        ("hi", Sampling(16, do_sample="false"), "Sampling must be true or false."),
+        ("hi", Sampling(16, do_sample=None), "Sampling must be true or false."),
         ("hi", Sampling(16, temperature=0.0), "Temperature must be above 0"),
         ("hi", Sampling(16, temperature=INF), "Temperature must be above 0"),
         ("hi", Sampling(16, top_k=2.7), "Top-k must be a whole number"),
@@ -205,6 +209,13 @@ def test_cli_refuses_caps_beyond_the_context(demo_models, capsys):
     assert "exceed the model's context length (64)" in capsys.readouterr().err
 
 
+def test_cli_refuses_port_zero(demo_models, capsys):
+    """Gradio checks its server at the port it was given: 0 ended in a traceback."""
+    pytest.importorskip("gradio")
+    assert main(["demo", "--model", str(demo_models[0]), "--port", "0"]) == 2
+    assert "--port must be in 1..65535, got 0" in capsys.readouterr().err
+
+
 def test_cli_template_needs_an_instruct_model(demo_models, capsys):
     pytest.importorskip("gradio")
     code = main(["demo", "--model", str(demo_models[0]), "--template", "alpaca"])
@@ -237,3 +248,12 @@ def test_models_are_named_by_run_or_repo(demo_models, tmp_path, monkeypatch, cap
     assert display_name("samkeet/GPT_124M") == "samkeet/GPT_124M"
     monkeypatch.chdir(run)
     assert display_name("model") == "quickstart"
+
+
+@pytest.mark.parametrize("seed", [2**53 + 1, 2**63 - 1, "12345"])
+def test_any_seed_in_range_runs_as_gpt124m_generate_runs_it(base, seed):
+    """Ints stay exact (a float rounds seeds above 2**53 to a neighbour's text)."""
+    cfg = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.0, seed=int(seed))
+    expected = generate_text(base.model, base.tokenizer, ["hi"], cfg)[0]
+    sampling = Sampling(8, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, seed=seed)
+    assert list(base.complete("hi", sampling))[-1] == expected

@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"gpt124m demo: error: {e}", file=sys.stderr)
         return 2
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if not 1 <= args.port <= 65535:  # Gradio checks its server at the port: 0 cannot be
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
     if args.template and not args.instruct_model:
         raise ValueError("--template applies to --instruct-model; give one")
     caps = {"max_new_tokens": args.max_new_tokens, "max_input_tokens": args.max_input_tokens}

@@ -134,9 +134,10 @@ def _controls(gr, cap: int, *, max_new_tokens: int, temperature: float, prefix: 
             0, 200, value=50, step=1, label="Top-k (0: off)", elem_id=f"{prefix}top-k"
         )
         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id=f"{prefix}top-p")
-    seed = gr.Number(
+    seed = gr.Number(  # precision None: the value as sent (precision 0 would round 2.5 to 2)
         value=RANDOM_SEED,
-        precision=0,
+        precision=None,
+        step=1,
         minimum=RANDOM_SEED,
         label=f"Seed ({RANDOM_SEED}: random)",
         elem_id=f"{prefix}seed",
@@ -304,7 +305,7 @@ def launch(
             theme=gr.themes.Default(),
         )
     except OSError as e:
-        raise ValueError(f"cannot serve on {host}:{port} ({e}); pick another --port") from None
+        raise ValueError(f"cannot serve on {host}:{port} ({e}); check --host and --port") from None
     url = share_url or local_url
     log.info("demo: running on %s%s", local_url, f" and {share_url}" if share_url else "")
     if block:

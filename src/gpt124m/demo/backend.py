@@ -201,6 +201,8 @@ class DemoModel:
             if seed is None or not 0 <= seed <= MAX_SEED:
                 raise DemoInputError(f"The seed must be a whole number from 0 to {MAX_SEED}.")
         top_k = _whole(s.top_k)
+        if not isinstance(s.do_sample, bool):  # the API's "false" would be truthy
+            raise DemoInputError("Sampling must be true or false.")
         if s.do_sample:
             if not 0 < s.temperature < math.inf:
                 raise DemoInputError("Temperature must be above 0 (turn sampling off for greedy).")
@@ -246,12 +248,20 @@ class DemoModel:
 
 
 def _whole(value) -> int | None:
-    """`value` as an int if it is a whole number (3 or 3.0), else None (2.7, NaN, inf, text)."""
+    """`value` as an int if it is a whole number (3, 3.0, "3"), else None (2.7, NaN, inf, True,
+    text). An int stays exact at any size (a float would round seeds above 2**53)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value.strip())
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return int(number) if math.isfinite(number) and number == int(number) else None
+    return int(number) if math.isfinite(number) and number.is_integer() else None
 
 
 def _accumulate(pieces: Iterator[str]) -> Iterator[str]:
