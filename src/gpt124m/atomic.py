@@ -9,11 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _default_file_mode() -> int:
-    """What `open()` would give a new file: 0o666 less the umask (mkstemp's files are 0o600)."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_file_mode() -> int:
+    """What `open()` would give a new file: 0o666 less the umask (mkstemp's files are 0o600)."""
+    return 0o666 & ~_umask()
+
+
+def default_dir_mode() -> int:
+    """What `mkdir()` would give a new folder: 0o777 less the umask (mkdtemp's are 0o700)."""
+    return 0o777 & ~_umask()
 
 
 def fsync_file(path: str | os.PathLike) -> None:

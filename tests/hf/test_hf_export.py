@@ -160,12 +160,17 @@ def test_hub_ids_of_exports_load_natively(which, request, repo_ids, offline_hub,
     assert capsys.readouterr().out == expected[0] + "\n"
 
 
-def test_exporting_a_hub_gpt2_checkpoint_names_it_as_base_model(repo_ids, offline_hub, tmp_path):
-    out = export(repo_ids["gpt2_dir"], tmp_path / "re", repo_id="bob/re-export")
+@pytest.mark.parametrize("which", ["gpt2_dir", "remote_dir"])
+def test_exporting_a_hub_checkpoint_names_it_as_base_model(
+    which, request, repo_ids, offline_hub, tmp_path
+):
+    """GPT-2's layout or a gpt124m (or the seed's) remote-code repo: attributed alike."""
+    request.getfixturevalue(which)  # published to the offline hub
+    hub_id = repo_ids[which]
+    out = export(hub_id, tmp_path / "re", repo_id="bob/re-export")
     card = (out / "README.md").read_text()
-    assert f"base_model: {repo_ids['gpt2_dir']}\n" in card.split("\n---\n")[0]
+    assert f"base_model: {hub_id}\n" in card.split("\n---\n")[0]
     # the same weights exported again: a conversion, not a fine-tune
-    hub_id = repo_ids["gpt2_dir"]
     assert f"[{hub_id}](https://huggingface.co/{hub_id}) as is, exported with gpt124m" in card
     assert "fine-tun" not in card
     assert json.loads((out / "config.json").read_text())["training"]["preset"] == "tiny"
@@ -269,6 +274,10 @@ def test_export_cli(native_dir, tmp_path, capsys):
     front = card.split("\n---\n")[0]
     assert "license: apache-2.0" in front and "- karpathy/tinyshakespeare" in front
     assert "base_model: alice/base" in front
+    # the folder is as readable as any made here (the staging folder's 0o700 was kept)
+    made = tmp_path / "made"
+    made.mkdir()
+    assert out.stat().st_mode & 0o777 == made.stat().st_mode & 0o777
     assert main(["export", str(native_dir), str(out)]) == 2
     assert "not empty; pass --force" in capsys.readouterr().err
 
@@ -287,3 +296,29 @@ def test_a_padded_batch_scores_each_row_as_alone_in_the_gpt2_export(hf_env, gpt2
             alone = model(**tokenizer([prompt], return_tensors="pt")).logits[0]
             real = batch["attention_mask"][i].bool()
             torch.testing.assert_close(together[i][real], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_local_paths_never_reach_the_cards_hub_metadata(native_model, tmp_path, monkeypatch):
+    """A run tuned from `runs/base` on `data/my.jsonl` (relative paths that read like hub ids)
+    records them as local; older metadata naming a path that exists is read as local too; and
+    the flags take hub ids only."""
+    from gpt124m.checkpoint import save_pretrained
+    from gpt124m.sft.config import SFTConfig
+
+    monkeypatch.chdir(tmp_path)
+    save_pretrained(native_model, tmp_path / "runs" / "base")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "my.jsonl").write_text("{}\n")
+    training = SFTConfig(base="runs/base", data="data/my.jsonl").to_dict()
+    assert (training["base_model"], training["dataset"]) == ("./runs/base", "./data/my.jsonl")
+    old = {**training, "base_model": "runs/base", "dataset": "data/my.jsonl"}
+    for name, recorded in (("new", training), ("old", old)):
+        save_pretrained(native_model, tmp_path / name, metadata={"training": recorded})
+        out = export(tmp_path / name, tmp_path / f"{name}-export", repo_id="bob/tuned")
+        front = (out / "README.md").read_text().split("\n---\n")[0]
+        assert "base_model" not in front and "datasets: []" in front, front
+        assert "huggingface.co/runs/base" not in (out / "README.md").read_text()
+    with pytest.raises(ValueError, match="--base-model './runs/base': expected USER/NAME"):
+        export(tmp_path / "new", tmp_path / "x", base_model="./runs/base")
+    with pytest.raises(ValueError, match="--dataset 'data/my.jsonl': a local path"):
+        export(tmp_path / "new", tmp_path / "x", datasets=["data/my.jsonl"])

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from gpt124m.atomic import atomic_path, atomic_write_text
+from gpt124m.atomic import atomic_path, atomic_write_text, default_dir_mode
 from gpt124m.checkpoint import (
     CONFIG_NAME,
     FORMAT,
@@ -40,6 +40,7 @@ from gpt124m.checkpoint import (
 from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
 from gpt124m.hf.card import CardInfo, render_card
 from gpt124m.hf.gpt2 import CONV1D_SUFFIXES
+from gpt124m.hf.hub import check_repo_id
 from gpt124m.hf.layout import (  # noqa: F401  (re-exported: the export's names)
     ARCHITECTURE,
     AUTO_MAP,
@@ -100,6 +101,12 @@ def export(
         raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if not repo_id.strip():
         raise ValueError("--repo-id must not be empty")
+    # The card's metadata names these as hub repos: a local path there links to nowhere.
+    named = [("--dataset", d) for d in datasets] + [("--base-model", base_model)] * bool(base_model)
+    for flag, value in named:
+        check_repo_id(value, flag)
+        if Path(value).expanduser().exists():
+            raise ValueError(f"{flag} {value!r}: a local path; the card names hub repos only")
     model_dir = resolve_source(source)
     out = Path(out_dir).expanduser()
     _check_destination(out, model_dir, force)
@@ -108,6 +115,7 @@ def export(
     metadata = carried_metadata(source_config)
     from_hub = not Path(source).expanduser().is_dir()
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    staging.chmod(default_dir_mode())  # it becomes OUT_DIR: readable as any folder made here
     try:
         if fmt == "remote-code":
             write_remote_code(model, staging, metadata)
@@ -116,7 +124,7 @@ def export(
         images = copy_artefacts(model_dir, staging)
         summary = _read_json(staging / "summary.json")
         recorded = _recorded_base_model(metadata)
-        source_id = _hub_source(source_config, source, from_hub)
+        source_id = _hub_source(source, from_hub)
         card = CardInfo(
             repo_id=repo_id,
             fmt=fmt,
@@ -333,20 +341,25 @@ def _datasets_from(metadata: dict[str, Any]) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list):
         return ()
-    return tuple(v for v in value if isinstance(v, str) and _looks_like_hub_id(v))
+    return tuple(v for v in value if isinstance(v, str) and _recorded_hub_id(v))
 
 
 def _recorded_base_model(metadata: dict[str, Any]) -> str | None:
     """The hub id the run recorded training from (fine-tuning, or further pretraining)."""
     value = (metadata.get("training") or {}).get("base_model")
-    return value if isinstance(value, str) and _looks_like_hub_id(value) else None
+    return value if isinstance(value, str) and _recorded_hub_id(value) else None
 
 
-def _hub_source(source_config: dict[str, Any], source: Any, from_hub: bool) -> str | None:
-    """The hub id of a GPT-2 checkpoint exported as is: what this export is a conversion of."""
-    if from_hub and source_config.get("model_type") == "gpt2" and _looks_like_hub_id(str(source)):
-        return str(source)
-    return None
+def _recorded_hub_id(text: str) -> bool:
+    """A run records local paths as `./a/b` (`sft.config.recorded_source`); an older run as
+    `a/b`, so one that exists here is taken as local too."""
+    return _looks_like_hub_id(text) and not Path(text).expanduser().exists()
+
+
+def _hub_source(source: Any, from_hub: bool) -> str | None:
+    """The hub id of a checkpoint exported as is (GPT-2's, the seed's `custom_gpt`, another
+    gpt124m export): what this export is a conversion of."""
+    return str(source) if from_hub and _looks_like_hub_id(str(source)) else None
 
 
 def _looks_like_hub_id(text: str) -> bool:

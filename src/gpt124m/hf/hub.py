@@ -27,11 +27,11 @@ class UploadFile:
     size: int
 
 
-def check_repo_id(repo_id: str) -> str:
-    """A model repo id of the form USER/NAME (or ORG/NAME), as the Hub accepts it."""
+def check_repo_id(repo_id: str, flag: str = "--repo-id") -> str:
+    """A repo id of the form USER/NAME (or ORG/NAME), as the Hub accepts it."""
     if not REPO_ID_RE.match(repo_id) or ".." in repo_id or len(repo_id.split("/")[1]) > 96:
         raise ValueError(
-            f"--repo-id {repo_id!r}: expected USER/NAME (letters, digits, '-', '_', '.'; "
+            f"{flag} {repo_id!r}: expected USER/NAME (letters, digits, '-', '_', '.'; "
             "the name at most 96 characters)"
         )
     return repo_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gpt124m.flags import option
@@ -193,9 +194,17 @@ class SFTConfig(TrainConfig):
         d = super().to_dict()
         for name in ("model", "data_dir"):
             d.pop(name)
-        d["dataset"] = ALPACA_HUB_ID if self.data == "alpaca" else self.data
-        d["base_model"] = self.base
+        d["dataset"] = ALPACA_HUB_ID if self.data == "alpaca" else recorded_source(self.data)
+        d["base_model"] = recorded_source(self.base)
         return d
+
+
+def recorded_source(text: str) -> str:
+    """`text` as run metadata records it: a relative local path that reads like a hub id
+    (`runs/base`) as `./runs/base`, so that a model card never links it as a hub repo."""
+    if Path(text).expanduser().exists() and not text.startswith((".", "/", "~")):
+        return f"./{text}"
+    return text
 
 
 def add_sft_arguments(parser: argparse.ArgumentParser) -> None:
