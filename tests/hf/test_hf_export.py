@@ -322,3 +322,25 @@ def test_local_paths_never_reach_the_cards_hub_metadata(native_model, tmp_path, 
         export(tmp_path / "new", tmp_path / "x", base_model="./runs/base")
     with pytest.raises(ValueError, match="--dataset 'data/my.jsonl': a local path"):
         export(tmp_path / "new", tmp_path / "x", datasets=["data/my.jsonl"])
+
+
+def test_a_model_with_tokens_beyond_gpt2s_is_exported_with_a_warning(tmp_path, caplog):
+    """GPT-2 fine-tuned with an added special token: the export's tokenizer is GPT-2's, which
+    can never produce it, so the export says so (the weights are still the model's)."""
+    import dataclasses
+    import logging
+
+    from gpt124m.checkpoint import save_pretrained
+    from gpt124m.config import get_preset
+    from gpt124m.model import GPT
+
+    grown = GPT(dataclasses.replace(get_preset("tiny"), vocab_size=GPT2_VOCAB_SIZE + 1))
+    save_pretrained(grown, tmp_path / "grown")
+    with caplog.at_level(logging.WARNING, logger="gpt124m.hf.export"):
+        export(tmp_path / "grown", tmp_path / "out")
+    assert "predicts 50,258 tokens, GPT-2's BPE has 50,257" in caplog.text
+    caplog.clear()
+    save_pretrained(GPT(get_preset("tiny")), tmp_path / "plain")
+    with caplog.at_level(logging.WARNING, logger="gpt124m.hf.export"):
+        export(tmp_path / "plain", tmp_path / "out2")
+    assert "GPT-2's BPE" not in caplog.text

@@ -112,6 +112,14 @@ def export(
     _check_destination(out, model_dir, force)
     source_config = read_config(model_dir)
     model = load_model(model_dir)
+    if model.config.vocab_size > GPT2_VOCAB_SIZE:
+        log.warning(
+            "%s predicts %s tokens, GPT-2's BPE has %s: the export's tokenizer is GPT-2's and "
+            "never produces the others; put the tokenizer that added them beside the weights",
+            source,
+            f"{model.config.vocab_size:,}",
+            f"{GPT2_VOCAB_SIZE:,}",
+        )
     metadata = carried_metadata(source_config)
     from_hub = not Path(source).expanduser().is_dir()
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
