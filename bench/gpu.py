@@ -69,7 +69,7 @@ SECTIONS = {  # name: (module, function, budget on the GPU, least seconds worth 
     "hellaswag": ("gpu_infer", "hellaswag", 45, 15),
     "decode": ("gpu_infer", "decode", 60, 25),
     "correct_text": ("gpu_correct", "correct_text", 100, 35),
-    "torchrun": ("gpu_correct", "torchrun", 120, 75),  # 3 runs, 2 launches
+    "torchrun": ("gpu_correct", "torchrun", 120, 50),  # 3 runs, 2 launches (each its own limit)
     "card_24gb": ("gpu_speed", "card_24gb", 60, 20),
     "decode_compiled": ("gpu_infer", "decode_compiled", 90, 40),
     "loss": ("loss", "section", 45, 20),

@@ -108,7 +108,7 @@ def main() -> None:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         peak = peak_flops(device, dtype)
         torch.manual_seed(0)
-        hf = transformers_gpt2(config).to(device).train()
+        hf = transformers_gpt2(config, unpadded_training=True).to(device).train()
         torch.manual_seed(0)
         ours = GPT(config).to(device).train()
         forwards = {
