@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gpt124m.cli import main
 from gpt124m.data.prepare import PrepareConfig, prepare
 
 SENTINEL = "previous run's results\n"
@@ -179,3 +180,37 @@ def test_bad_flag_values_are_refused_before_torch_is_imported(tmp_path, argv):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"gpt124m {argv[0]}: error: ") and "Traceback" not in proc.stderr
     assert proc.stdout.strip() == "no torch"
+
+
+def test_eval_out_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    """Found before the model loads, not after the whole evaluation."""
+    target = tmp_path / "results.txt"
+    target.write_text(SENTINEL)
+    argv = ["eval", "loss", "--model", "no-such-model", "--data", "x.txt", "--out", str(target)]
+    assert main(argv) == 2
+    assert f"--out-dir {target}: a file, not a directory" in capsys.readouterr().err
+    assert target.read_text() == SENTINEL
+
+
+def test_quickstart_replaces_only_its_own_previous_run(tmp_path, capsys, fixed_batches, run_config):
+    """Another run's checkpoints in --out-dir are refused, and stay; a quickstart's are fair game.
+    (They were deleted before the data was checked, so a later error lost them as well.)"""
+    import dataclasses
+
+    import torch
+
+    from gpt124m.config import get_preset
+    from gpt124m.model import GPT
+    from gpt124m.quickstart import _check_replaceable
+    from gpt124m.train.trainer import fit
+
+    out = tmp_path / "run"
+    cfg = dataclasses.replace(run_config(tmp_path), data_dir=str(tmp_path / "mine"))
+    torch.manual_seed(0)
+    fit(cfg, GPT(get_preset("tiny")), fixed_batches())
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert main(["quickstart", "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "its checkpoints are not a quickstart run's" in err and "another --out-dir" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == saved
+    _check_replaceable(out / "checkpoints", tmp_path / "mine")  # its own data: replaceable

@@ -44,19 +44,42 @@ def run_quickstart(
     from gpt124m.data.prepare import PrepareConfig, prepare  # torch: after the checks above
     from gpt124m.train.pretrain import pretrain
 
-    if (out / "checkpoints").exists():
-        log.info("replacing the previous quickstart run in %s", out)
-        shutil.rmtree(out / "checkpoints")
-    prepare(
+    previous = out / "checkpoints"
+    if previous.exists():
+        _check_replaceable(previous, data_dir)
+    prepare(  # before the previous run goes: data prepared otherwise stops here
         PrepareConfig(
             source="builtin", out_dir=str(data_dir), shard_tokens=1_000_000, val_tokens=65_536
         )
     )
+    if previous.exists():
+        log.info("replacing the previous quickstart run in %s", out)
+        shutil.rmtree(previous)
     summary = pretrain(cfg)
     greedy, sampled = _samples(Path(summary["model_dir"]), cfg.sample_prompts)
     val = _val_losses(out)
     print(_report(cfg, summary, val, greedy, sampled, time.perf_counter() - started))
     return {**summary, "val_losses": val, "greedy": greedy, "sampled": sampled}
+
+
+def _check_replaceable(checkpoints: Path, data_dir: Path) -> None:
+    """Quickstart starts afresh over its own previous run only: checkpoints of a run that
+    trained on other data (or that cannot be read) are someone's work, and stay."""
+    from gpt124m.checkpoint import read_config
+    from gpt124m.train.checkpointing import list_checkpoints
+
+    found = list_checkpoints(checkpoints)
+    if not found:
+        return
+    try:
+        recorded = read_config(found[-1]).get("training", {}).get("data_dir")
+    except (ValueError, OSError):
+        recorded = None
+    if not isinstance(recorded, str) or Path(recorded).resolve() != data_dir.resolve():
+        raise ValueError(
+            f"--out-dir {checkpoints.parent}: its checkpoints are not a quickstart run's "
+            f"(trained on {recorded or 'unknown data'}); give another --out-dir"
+        )
 
 
 def _val_losses(out: Path) -> list[float]:

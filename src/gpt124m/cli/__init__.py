@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (ValueError, OSError) as e:  # bad input, and a full disk or a file in the way
         print(f"gpt124m {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
