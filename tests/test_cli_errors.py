@@ -214,3 +214,17 @@ def test_quickstart_replaces_only_its_own_previous_run(tmp_path, capsys, fixed_b
     assert "its checkpoints are not a quickstart run's" in err and "another --out-dir" in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == saved
     _check_replaceable(out / "checkpoints", tmp_path / "mine")  # its own data: replaceable
+
+
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_a_run_never_writes_its_model_over_the_one_it_starts_from(tmp_path, inputs, command):
+    """`--base OUT/model --out-dir OUT`: the run's final model would replace its source."""
+    source = str(tmp_path / "out" / "model")
+    argv = (
+        train_argv(inputs, "--model", source)
+        if command == "train"
+        else sft_argv(inputs, "--base", source)
+    )
+    flag = "--model" if command == "train" else "--base"
+    previous = ("model/model.safetensors", "model/config.json")
+    fails_cleanly(tmp_path, argv, f"{flag} {source}: this run writes its model", previous=previous)

@@ -24,7 +24,12 @@ from gpt124m.sft import data as sft_data
 from gpt124m.sft.config import SFTConfig
 from gpt124m.sft.template import format_prompt
 from gpt124m.train import autobatch, checkpointing, distributed
-from gpt124m.train.checkpointer import latest_checkpoint, run_metadata, write_final_model
+from gpt124m.train.checkpointer import (
+    check_source_survives,
+    latest_checkpoint,
+    run_metadata,
+    write_final_model,
+)
 from gpt124m.train.config import AUTO
 from gpt124m.train.evaluators import Hooks, hellaswag_hook
 from gpt124m.train.trainer import fit
@@ -171,6 +176,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     """Run instruction tuning as `cfg` says; returns the run summary (with output paths)."""
     cfg.validate()
     checkpointing.check_resume(cfg.resume)  # before loading the model and the data
+    check_source_survives(cfg.out_dir, cfg.base, "--base")
     info = distributed.init(cfg.device)
     try:
         model = load_base(cfg.base, dropout=cfg.dropout, seed=cfg.seed)

@@ -156,6 +156,17 @@ def latest_checkpoint(out_dir: str | Path) -> Path:
     return found[-1]
 
 
+def check_source_survives(out_dir: str | Path, source: str, flag: str) -> None:
+    """A run writes OUT_DIR/model at its end: never over the model it starts from."""
+    target = (Path(out_dir).expanduser() / "model").resolve()
+    start = Path(source).expanduser()
+    if start.exists() and (start.resolve() == target or target in start.resolve().parents):
+        raise ValueError(
+            f"{flag} {source}: this run writes its model to {target}, over the one it starts "
+            "from; give another --out-dir"
+        )
+
+
 def write_final_model(out_dir: str | Path, model: nn.Module, metadata: dict[str, Any]) -> Path:
     """`out_dir/model`: a clean model directory of `model` with the run's metadata, summary and
     curves beside it; what pretraining and SFT both leave for generate, eval and export."""

@@ -12,7 +12,12 @@ import torch
 from gpt124m.device import resolve_precision
 from gpt124m.model import GPT
 from gpt124m.train import autobatch, checkpointing, distributed
-from gpt124m.train.checkpointer import latest_checkpoint, run_metadata, write_final_model
+from gpt124m.train.checkpointer import (
+    check_source_survives,
+    latest_checkpoint,
+    run_metadata,
+    write_final_model,
+)
 from gpt124m.train.config import TrainConfig
 from gpt124m.train.evaluators import Hooks, hellaswag_hook, sample_texts
 from gpt124m.train.trainer import fit
@@ -24,6 +29,7 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
 
     cfg.validate()
     checkpointing.check_resume(cfg.resume)  # before any work, not after the model and data
+    check_source_survives(cfg.out_dir, cfg.model, "--model")
     info = distributed.init(cfg.device)
     try:
         model = initial_model(cfg)
