@@ -113,6 +113,9 @@ def test_bad_values_are_named():
             SFTConfig(base="gpt2", **{field: bad}).validate()
     with pytest.raises(ValueError, match="--val-fraction"):
         parse(["--base", "gpt2", "--val-fraction", "1.5"])
+    for epochs in ("inf", "nan", "0"):
+        with pytest.raises(ValueError, match="--epochs .*: must be positive"):
+            parse(["--base", "gpt2", "--epochs", epochs])
     with pytest.raises(ValueError, match="--parallel 'fsdp': LoRA"):
         parse(["--base", "gpt2", "--method", "lora", "--parallel", "fsdp"])
 

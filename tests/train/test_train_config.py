@@ -1,5 +1,6 @@
 import argparse
 import dataclasses
+import re
 
 import pytest
 
@@ -98,6 +99,16 @@ def test_bad_values_and_recipes_are_named(tmp_path):
     with pytest.raises(ValueError, match="--grid-gco2-per-kwh -1.0: must be >= 0"):
         parse(["--grid-gco2-per-kwh", "-1"])
     parse(["--power-watts", "0", "--grid-gco2-per-kwh", "0"])  # no estimate: allowed
+    # AdamW's own settings, named by their flags (torch's message names neither)
+    for flags, message in (
+        (["--beta1", "2"], "--beta1 2.0: must be in [0, 1)"),
+        (["--beta2", "-0.1"], "--beta2 -0.1: must be in [0, 1)"),
+        (["--eps", "0"], "--eps 0.0: must be positive"),
+        (["--weight-decay", "nan"], "--weight-decay nan: must be >= 0"),
+        (["--max-lr", "inf"], "--max-lr inf: must be positive"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse(flags)
     # a mistyped local HellaSwag file is refused at the start, not a run without its scores
     typo = ["--hellaswag-every", "100", "--hellaswag-data", str(tmp_path / "hellaswg.jsonl")]
     with pytest.raises(ValueError, match="--hellaswag-data .*hellaswg.jsonl': no such file"):

@@ -291,3 +291,22 @@ def test_a_resumed_run_keeps_the_evaluations_its_checkpoint_recorded(tmp_path, f
     resumed = dataclasses.replace(cfg, resume="auto")
     fit(resumed, GPT(get_preset("tiny")), fixed_batches(), hooks=hooks)
     assert run_metadata(ckpts / "step_0000006")["results"] == at_6
+
+
+@needs_muon
+def test_a_refused_resume_leaves_the_later_timeline_in_place(tmp_path, fixed_batches):
+    """Resuming from step 2 with another optimizer is refused; step 4, which such a resume
+    would set aside, stays where it was (it was set aside before the refusal), and so does the
+    metrics log."""
+    cfg = tiny_cfg(tmp_path, max_steps=4, checkpoint_every=2)
+    torch.manual_seed(0)
+    fit(cfg, GPT(get_preset("tiny")), fixed_batches())
+    ckpts = tmp_path / "run" / "checkpoints"
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    resumed = dataclasses.replace(
+        cfg, resume=str(ckpts / "step_0000002"), optimizer="muon", muon_lr=0.05
+    )
+    with pytest.raises(ValueError, match="does not match --optimizer muon"):
+        fit(resumed, GPT(get_preset("tiny")), fixed_batches())
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000002", "step_0000004"]
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics

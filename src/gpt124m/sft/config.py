@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ class SFTConfig(TrainConfig):
             raise bad("val_fraction", "must be in [0, 1)")
         if not 0 <= self.warmup_fraction < 1:
             raise bad("warmup_fraction", "must be in [0, 1)")
-        if self.epochs <= 0:
+        if not 0 < self.epochs < math.inf:  # NaN too
             raise bad("epochs", "must be positive")
         for name in ("batch_size", "lora_r", "lora_alpha"):
             if getattr(self, name) <= 0:

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import importlib.resources
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,8 +201,15 @@ class TrainConfig:
             raise bad("schedule", f"choose from {', '.join(SCHEDULES)}")
         if self.parallel not in PARALLEL:
             raise bad("parallel", f"choose from {', '.join(PARALLEL)}")
-        if not self.max_lr > 0:
+        if not 0 < self.max_lr < math.inf:
             raise bad("max_lr", "must be positive")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise bad(name, "must be in [0, 1)")
+        if not 0 < self.eps < math.inf:
+            raise bad("eps", "must be positive")
+        if not 0 <= self.weight_decay < math.inf:
+            raise bad("weight_decay", "must be >= 0")
         if not 0 <= self.min_lr <= self.max_lr:
             raise bad("min_lr", f"must be between 0 and --max-lr ({self.max_lr})")
         if not 0 < self.decay_fraction <= 1:

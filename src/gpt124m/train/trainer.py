@@ -66,9 +66,6 @@ class _Run:
                 evaluator.prepare(rank=info.rank)
         resume_from = self.checkpointer.resume_path()
         state = self.checkpointer.load(resume_from)
-        if info.is_main:
-            self.checkpointer.clear_the_way(state, self.metrics)
-        collectives.barrier()
         if state is not None:
             checkpointing.load_weights(self.module, state.path)
         elif info.world_size > 1:
@@ -93,6 +90,13 @@ class _Run:
         )
         if state is not None:
             self.checkpointer.restore(state, self.stepper)
+        # Only now, with every setting accepted (the optimizer's, the compiler's, the
+        # checkpoint's), is a later timeline set aside or a fresh run's metrics started: a
+        # refused flag changes nothing in OUT_DIR.
+        if info.is_main:
+            self.checkpointer.clear_the_way(state, self.metrics)
+        collectives.barrier()
+        if state is not None:
             self.results = _recorded_results(state.path)
             self.metrics.truncate_after(self.stepper.step)
             log.info(
