@@ -120,6 +120,27 @@ def test_bad_values_and_recipes_are_named(tmp_path):
     bad.write_text("max_stepz: 3\n")
     with pytest.raises(ValueError, match="max_stepz"):
         load_recipe(str(bad))
+    # each value has its field's type, and a file that is not YAML is said in one line
+    for text, message in (
+        ("max_steps: [1\n", "not valid YAML at line 2"),
+        ("max_steps: abc\n", "max_steps is 'abc', not int"),
+        ("max_steps: 1.5\n", "max_steps is 1.5, not int"),
+        ('max_lr: "1e-3"\n', "max_lr is '1e-3', not float"),
+        ("sample_prompts: hello\n", "sample_prompts is 'hello', not a list of str"),
+        ("compile: 1\n", "compile is 1, not bool"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_recipe(str(bad))
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_recipe(str(bad))
+    bad.write_text("max_lr: 1\nmicro_batch_size: auto\nhellaswag_data: null\n")
+    assert load_recipe(str(bad)) == {
+        "max_lr": 1,
+        "micro_batch_size": "auto",
+        "hellaswag_data": None,
+    }
 
 
 @pytest.mark.parametrize("config_cls, exclude", [(TrainConfig, ()), (SFTConfig, NOT_FLAGS)])

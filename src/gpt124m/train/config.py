@@ -13,6 +13,8 @@ import importlib.resources
 import logging
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,7 +315,10 @@ def load_recipe(
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"--config {name_or_path}: no such file")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--config {name_or_path}: not UTF-8 text ({e})") from None
     else:
         resource = importlib.resources.files(package) / RECIPE_DIR / f"{name_or_path}.yaml"
         if not resource.is_file():
@@ -322,7 +327,12 @@ def load_recipe(
                 f"{', '.join(recipe_names(package))} or give a .yaml path"
             )
         text = resource.read_text()
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"--config {name_or_path}: not valid YAML{at}") from None
     if not isinstance(data, dict):
         raise ValueError(f"--config {name_or_path}: a recipe must be a mapping of field: value")
     data.pop("description", None)
@@ -330,7 +340,38 @@ def load_recipe(
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"--config {name_or_path}: unknown fields {', '.join(unknown)}")
+    hints = typing.get_type_hints(config_cls)
+    for name, value in data.items():
+        if not _is_a(value, hints[name]):
+            raise ValueError(
+                f"--config {name_or_path}: {name} is {value!r}, not {_type_name(hints[name])}"
+            )
     return data
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's annotation (an int is a float; a bool is neither)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_is_a(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(args[0])}"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def add_config_arguments(
