@@ -108,8 +108,10 @@ def test_bad_config_names_the_file(tiny_model_dir, tmp_path):
         (json.dumps({**good, "format_version": 99}), "format_version"),
         (json.dumps({**good, "model": {**good["model"], "n_head": 3}}), "bad model config"),
         (json.dumps({"model_type": "llama"}), "unrecognised"),
+        ("[]", "expected a JSON object, got list"),
+        ("\udcff", "not valid JSON"),  # not UTF-8
     ]:
-        path.write_text(payload)
+        path.write_bytes(payload.encode("utf-8", errors="surrogateescape"))
         with pytest.raises(ValueError, match=message) as err:
             load_model(model_dir)
         assert "config.json" in str(err.value)
