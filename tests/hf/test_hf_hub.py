@@ -139,3 +139,21 @@ def test_push_private_never_uploads_to_an_existing_public_repo(export_copy, monk
     assert main(["push", str(export_copy), "--repo-id", "alice/tiny"]) == 0
     created = next(c for c in FakeApi.calls if c[0] == "create_repo")
     assert created[2]["private"] is None
+
+
+def test_push_offline_is_one_line(export_copy, monkeypatch, capsys):
+    """Offline (or the Hub out of reach), the client raises its own many types; one line."""
+
+    class Offline(FakeApi):
+        def create_repo(self, repo_id, **kwargs):
+            raise huggingface_hub.errors.OfflineModeIsEnabled(
+                "Cannot reach https://huggingface.co/api/repos/create: offline mode is enabled.\n"
+                "To disable it, please unset the `HF_HUB_OFFLINE` environment variable."
+            )
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_from_env")
+    assert main(["push", str(export_copy), "--repo-id", "alice/tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "cannot push to alice/tiny on the Hugging Face Hub: OfflineModeIsEnabled" in err

@@ -94,6 +94,18 @@ def push(
             repo_id,
         )
     api = HfApi(token=token)
+    try:
+        return _create_and_upload(api, folder, repo_id, len(files), private, commit_message)
+    except ValueError:
+        raise
+    except Exception as e:  # offline, refused, a network error: many types, one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"cannot push to {repo_id} on the Hugging Face Hub: {type(e).__name__}: {first}"
+        ) from None
+
+
+def _create_and_upload(api, folder, repo_id, n_files, private, commit_message) -> str:
     # None, not False: a new repo then takes its owner's default (an organisation may make
     # them private). An existing repo keeps its visibility whatever is passed, so --private
     # is checked after: never upload to a public repo the user meant to be private.
@@ -105,7 +117,7 @@ def push(
             f"--private: {repo_id} already exists and is public; nothing was uploaded (make it "
             "private on the Hub, or leave out --private)"
         )
-    log.info("uploading %d files to %s", len(files), url)
+    log.info("uploading %d files to %s", n_files, url)
     commit = api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
