@@ -91,6 +91,10 @@ def test_generate_sampling_with_seed_and_samples(tiny_model_dir, capsys):
         (["--temperature", "-1"], "--temperature"),
         (["--top-k", "-3"], "--top-k"),
         (["--repetition-penalty", "0"], "--repetition-penalty"),
+        # logits / 1e-300 overflowed to inf, then NaN probabilities: a traceback
+        (["--temperature", "1e-300"], "--temperature"),
+        (["--temperature", "inf"], "--temperature"),
+        (["--repetition-penalty", "1e-300"], "--repetition-penalty"),
         (["--max-new-tokens", "0"], "--max-new-tokens"),
         (["--max-new-tokens", "500"], "block size"),
         (["--num-samples", "0"], "--num-samples"),

@@ -13,6 +13,7 @@ than silently sliding a window, since a window changes what the model conditions
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,7 @@ from gpt124m.static_decode import decoder_for
 from gpt124m.tokenizer import EOT_ID, Tokenizer
 
 DEFAULT_MAX_NEW_TOKENS = 64
+MIN_SCALE = 1e-6  # the smallest temperature or repetition penalty: logits / it stay finite
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,21 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        if not self.temperature >= 0:  # also refuses NaN
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        # Finite, and not so small that the scaled logits overflow (1e-300 gave inf, then NaN)
+        if self.temperature != 0 and not MIN_SCALE <= self.temperature < math.inf:
+            raise ValueError(
+                f"temperature must be 0 (greedy) or a finite number >= {MIN_SCALE:g}, "
+                f"got {self.temperature}"
+            )
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not MIN_SCALE <= self.repetition_penalty < math.inf:
+            raise ValueError(
+                f"repetition_penalty must be a finite number >= {MIN_SCALE:g} (1: off), "
+                f"got {self.repetition_penalty}"
+            )
         if self.max_new_tokens is not None and self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.max_length is not None and self.max_length < 1:

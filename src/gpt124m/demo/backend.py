@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt124m.generate import GenerationConfig, stream_text
+from gpt124m.generate import MIN_SCALE, GenerationConfig, stream_text
 from gpt124m.model import GPT
 from gpt124m.sft.template import TEMPLATES, format_prompt
 from gpt124m.tokenizer import Tokenizer
@@ -204,8 +204,10 @@ class DemoModel:
         if not isinstance(s.do_sample, bool):  # the API's "false" would be truthy
             raise DemoInputError("Sampling must be true or false.")
         if s.do_sample:
-            if not 0 < s.temperature < math.inf:
-                raise DemoInputError("Temperature must be above 0 (turn sampling off for greedy).")
+            if not MIN_SCALE <= s.temperature < math.inf:
+                raise DemoInputError(
+                    f"Temperature must be at least {MIN_SCALE:g} (turn sampling off for greedy)."
+                )
             if top_k is None or top_k < 0:
                 raise DemoInputError("Top-k must be a whole number: 0 (off) or more.")
             if not 0 < s.top_p <= 1:
