@@ -310,3 +310,14 @@ def test_a_refused_resume_leaves_the_later_timeline_in_place(tmp_path, fixed_bat
         fit(resumed, GPT(get_preset("tiny")), fixed_batches())
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000002", "step_0000004"]
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+
+
+def test_resuming_with_a_model_of_another_shape_is_one_line(tmp_path, fixed_batches):
+    """`--resume auto --model nano` on a `tiny` run: torch's size-mismatch list was a 50-line
+    traceback; now one error naming the checkpoint and the way out."""
+    cfg = tiny_cfg(tmp_path, max_steps=2)
+    fit(cfg, GPT(get_preset("tiny")), fixed_batches())
+    wider = dataclasses.replace(get_preset("tiny"), n_embd=64)
+    with pytest.raises(ValueError, match="written for a model of another shape") as err:
+        fit(dataclasses.replace(cfg, resume="auto", max_steps=3), GPT(wider), fixed_batches())
+    assert "size mismatch" in str(err.value) and "\n" not in str(err.value)

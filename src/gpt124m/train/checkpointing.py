@@ -155,11 +155,19 @@ def _save_weights(model: nn.Module, out: Path, metadata: dict[str, Any]) -> None
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load a checkpoint's weights into `model` in place (the counterpart of `_save_weights`)."""
     weights = path / WEIGHTS_NAME
-    if not isinstance(model, GPT):
-        load_model(model, str(weights), strict=True)
-        return
-    state = load_safetensors(weights)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        if not isinstance(model, GPT):
+            load_model(model, str(weights), strict=True)
+            return
+        state = load_safetensors(weights)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # torch's "size mismatch for ..." list, many lines long
+        first = str(e).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line), first[0])
+        raise ValueError(
+            f"{weights}: written for a model of another shape ({detail}); resume with the "
+            "run's own --model"
+        ) from None
     if unexpected or set(missing) - set(TIED_KEYS):
         raise ValueError(
             f"{weights}: weights do not fit this model (missing {sorted(missing)[:3]}, "
