@@ -99,6 +99,18 @@ def test_bad_values_and_recipes_are_named(tmp_path):
     with pytest.raises(ValueError, match="--grid-gco2-per-kwh -1.0: must be >= 0"):
         parse(["--grid-gco2-per-kwh", "-1"])
     parse(["--power-watts", "0", "--grid-gco2-per-kwh", "0"])  # no estimate: allowed
+    # what periodic work reads is refused at the start, not at its first turn
+    for flags, message in (
+        (["--sample-max-new-tokens", "-1"], "--sample-max-new-tokens -1: must be >= 1"),
+        (["--sample-prompts", ""], "--sample-prompts ['']: each prompt needs some text"),
+        (["--val-tokens", "0"], "--val-tokens 0: must be >= 1"),
+        (["--hellaswag-every", "-1"], "--hellaswag-every -1: must be >= 0"),
+        (["--hellaswag-every", "5", "--hellaswag-limit", "0"], "--hellaswag-limit 0: must be"),
+        (["--seed", str(2**64)], "--seed 18446744073709551616: must be in [0, 2**63)"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse(flags)
+    parse(["--sample-every", "0", "--sample-max-new-tokens", "0"])  # not sampled: not read
     # AdamW's own settings, named by their flags (torch's message names neither)
     for flags, message in (
         (["--beta1", "2"], "--beta1 2.0: must be in [0, 1)"),

@@ -192,9 +192,21 @@ class TrainConfig:
                 )
         elif not isinstance(self.micro_batch_size, int) or self.micro_batch_size <= 0:
             raise bad("micro_batch_size", f"must be a positive integer or {AUTO}")
-        for name in ("warmup_steps", "log_every", "eval_every", "sample_every", "checkpoint_every"):
+        every = ("warmup_steps", "log_every", "eval_every", "sample_every", "checkpoint_every")
+        for name in (*every, "hellaswag_every"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
+        # What the periodic work reads is checked now, not at its first turn, steps later
+        if self.eval_every and self.val_tokens < 1:
+            raise bad("val_tokens", "must be >= 1")
+        if self.sample_every and self.sample_max_new_tokens < 1:
+            raise bad("sample_max_new_tokens", "must be >= 1")
+        if self.sample_every and not all(p.strip() for p in self.sample_prompts):
+            raise bad("sample_prompts", "each prompt needs some text")
+        if self.hellaswag_every and self.hellaswag_limit is not None and self.hellaswag_limit < 1:
+            raise bad("hellaswag_limit", "must be >= 1")
+        if not 0 <= self.seed < 2**63:
+            raise bad("seed", "must be in [0, 2**63)")
         if self.keep_checkpoints < 1:
             raise bad("keep_checkpoints", "must be >= 1")
         if self.precision not in PRECISIONS:
