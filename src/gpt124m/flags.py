@@ -165,3 +165,28 @@ def given(args: argparse.Namespace, config_cls, *, exclude: Sequence[str] = ()) 
 def from_args(args: argparse.Namespace, config_cls, base: dict[str, Any] | None = None):
     """`config_cls` from its defaults, then `base` (a recipe), then the flags given."""
     return config_cls(**{**(base or {}), **given(args, config_cls)})
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's annotation (an int is a float; a bool is neither)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(fits(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if typing.get_origin(hint) is list:
+        return f"a list of {type_name(args[0])}"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

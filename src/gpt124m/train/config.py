@@ -13,7 +13,6 @@ import importlib.resources
 import logging
 import math
 import os
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,15 @@ from typing import Any
 
 import yaml
 
-from gpt124m.flags import PRECISIONS, TORCHRUN_DEVICE_HELP, add_arguments, given, option
+from gpt124m.flags import (
+    PRECISIONS,
+    TORCHRUN_DEVICE_HELP,
+    add_arguments,
+    fits,
+    given,
+    option,
+    type_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -354,36 +361,11 @@ def load_recipe(
         raise ValueError(f"--config {name_or_path}: unknown fields {', '.join(unknown)}")
     hints = typing.get_type_hints(config_cls)
     for name, value in data.items():
-        if not _is_a(value, hints[name]):
+        if not fits(value, hints[name]):
             raise ValueError(
-                f"--config {name_or_path}: {name} is {value!r}, not {_type_name(hints[name])}"
+                f"--config {name_or_path}: {name} is {value!r}, not {type_name(hints[name])}"
             )
     return data
-
-
-def _is_a(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a field's annotation (an int is a float; a bool is neither)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_a(value, arg) for arg in args)
-    if origin is list:
-        return isinstance(value, list) and all(_is_a(v, args[0]) for v in value)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _type_name(hint: Any) -> str:
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if typing.get_origin(hint) is list:
-        return f"a list of {_type_name(args[0])}"
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def add_config_arguments(
