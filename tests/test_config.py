@@ -131,6 +131,8 @@ def test_config_round_trip_and_validation():
         ModelConfig(n_head=5, n_embd=768)
     with pytest.raises(ValueError, match="n_layer"):
         ModelConfig(n_layer=0)
+    with pytest.raises(ValueError, match="n_layer must be a positive integer, got True"):
+        ModelConfig(n_layer=True)  # a config.json's `true` was taken as one layer
     with pytest.raises(ValueError, match="dropout"):
         ModelConfig(dropout=1.0)
     with pytest.raises(ValueError, match="bogus"):

@@ -283,7 +283,9 @@ def test_empty_documents_are_skipped_and_counted(tmp_path):
         ("bad_json", {}, ValueError, "not valid JSON"),
         ("unsupported", {}, ValueError, "unsupported file type"),
         ("jsonl", {"val_tokens": 10**6}, ValueError, "nothing is left to train on"),
-        ("jsonl", {"shard_tokens": 0}, ValueError, "shard_tokens must be >= 1"),
+        ("jsonl", {"shard_tokens": 0}, ValueError, "shard_tokens must be between 1 and"),
+        # a shard fills in memory: 10**14 tried to allocate 182 TiB (a MemoryError traceback)
+        ("jsonl", {"shard_tokens": 10**14}, ValueError, "shard_tokens must be between 1 and"),
         ("jsonl", {"out": "file/sub"}, ValueError, "not writable"),
     ],
 )

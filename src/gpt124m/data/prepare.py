@@ -35,6 +35,7 @@ from gpt124m.flags import option
 
 log = logging.getLogger(__name__)
 
+MAX_SHARD_TOKENS = 2**31  # 4 GiB of uint16 held while a shard fills
 # The default validation split of a source smaller than one shard: this share of its tokens.
 AUTO_VAL_DIVISOR = 10
 
@@ -71,8 +72,10 @@ class PrepareConfig:
             self.hf_config = None
 
     def validate(self) -> None:
-        if self.shard_tokens < 1:
-            raise ValueError(f"shard_tokens must be >= 1, got {self.shard_tokens}")
+        if not 1 <= self.shard_tokens <= MAX_SHARD_TOKENS:  # a shard fills in memory
+            raise ValueError(
+                f"shard_tokens must be between 1 and {MAX_SHARD_TOKENS:,}, got {self.shard_tokens}"
+            )
         if self.val_tokens is not None and self.val_tokens < 0:
             raise ValueError(f"val_tokens must be >= 0, got {self.val_tokens}")
         if self.max_tokens is not None and self.max_tokens < 1:
