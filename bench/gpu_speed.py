@@ -168,7 +168,7 @@ def throughput(ctx: Context, results: Results) -> None:
             step()  # warm: the profile is of steady steps
             profiled(results, name, step, device)
         except Exception as e:
-            results["profile_failed"] = {**results.get("profile_failed", {}), name: repr(e)[:300]}
+            _profile_failed(results, name, e)
         finally:
             del model, forward, step
             ctx.cleanup_device()
@@ -199,13 +199,17 @@ def _configuration(impl, compiled, config, inputs, targets, ctx: Context):
     return model, lambda: run(inputs, labels=inputs).loss
 
 
+def _profile_failed(results: Results, name: str, e: Exception) -> None:
+    results["profile_failed"] = {**results.get("profile_failed", {}), name: repr(e)[:300]}
+
+
 def profiled(results: Results, name: str, step, device: torch.device) -> None:
     """The kernel-time breakdown of a warm configuration; a profiler failure is recorded, and
     costs the configuration nothing."""
     try:
         profile = kernel_time(step, device)
     except Exception as e:
-        results["profile_failed"] = {**results.get("profile_failed", {}), name: repr(e)[:300]}
+        _profile_failed(results, name, e)
         return
     busy = profile["device_busy"]
     if busy is not None:

@@ -102,7 +102,9 @@ def export(
     if not repo_id.strip():
         raise ValueError("--repo-id must not be empty")
     # The card's metadata names these as hub repos: a local path there links to nowhere.
-    named = [("--dataset", d) for d in datasets] + [("--base-model", base_model)] * bool(base_model)
+    named = [("--dataset", d) for d in datasets]
+    if base_model:
+        named.append(("--base-model", base_model))
     for flag, value in named:
         check_repo_id(value, flag)
         if Path(value).expanduser().exists():

@@ -159,8 +159,8 @@ def latest_checkpoint(out_dir: str | Path) -> Path:
 def check_source_survives(out_dir: str | Path, source: str, flag: str) -> None:
     """A run writes OUT_DIR/model at its end: never over the model it starts from."""
     target = (Path(out_dir).expanduser() / "model").resolve()
-    start = Path(source).expanduser()
-    if start.exists() and (start.resolve() == target or target in start.resolve().parents):
+    start = Path(source).expanduser().resolve()
+    if start.exists() and target in (start, *start.parents):
         raise ValueError(
             f"{flag} {source}: this run writes its model to {target}, over the one it starts "
             "from; give another --out-dir"

@@ -162,8 +162,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
         state = load_safetensors(weights)
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # torch's "size mismatch for ..." list, many lines long
-        first = str(e).strip().splitlines()
-        detail = next((line.strip() for line in first if "size mismatch" in line), first[0])
+        lines = str(e).strip().splitlines()
+        detail = next((line.strip() for line in lines if "size mismatch" in line), lines[0])
         raise ValueError(
             f"{weights}: written for a model of another shape ({detail}); resume with the "
             "run's own --model"

@@ -199,8 +199,14 @@ class TrainConfig:
                 )
         elif not isinstance(self.micro_batch_size, int) or self.micro_batch_size <= 0:
             raise bad("micro_batch_size", f"must be a positive integer or {AUTO}")
-        every = ("warmup_steps", "log_every", "eval_every", "sample_every", "checkpoint_every")
-        for name in (*every, "hellaswag_every"):
+        for name in (
+            "warmup_steps",
+            "log_every",
+            "eval_every",
+            "sample_every",
+            "checkpoint_every",
+            "hellaswag_every",
+        ):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
         # What the periodic work reads is checked now, not at its first turn, steps later
