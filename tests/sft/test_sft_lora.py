@@ -127,6 +127,10 @@ def test_lora_run_resumes_exactly_and_its_merged_model_works_everywhere(
 
     # lose the last checkpoint, as if the run had been killed after step 2, and resume
     shutil.rmtree(out / "checkpoints" / "step_0000004")
+    capsys.readouterr()
+    # a resume that would scale the adapters another way is refused in a line
+    assert main([*argv, "--resume", "auto", "--lora-alpha", "32"]) == 2
+    assert "--lora-alpha 8, not 32: a resumed run keeps" in capsys.readouterr().err
     assert main([*argv, "--resume", "auto"]) == 0
     second = train_losses(out)
     assert sorted(second) == [1, 2, 3, 4] and second == first  # bit for bit on CPU, fp32

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import random
 import re
 import shutil
@@ -240,6 +241,18 @@ def find_resumable(ckpt_root: Path) -> Path | None:
     return None
 
 
+def _load_tensors(file: Path) -> Any:
+    """A state file read with `weights_only`: one holding anything else is refused in a line
+    (its hash matched, so it was written so, not damaged since)."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{file}: refused: the pickle holds more than tensors and plain data, and gpt124m "
+            "never runs code from a checkpoint"
+        ) from None
+
+
 def load(path: Path, info: distributed.Dist) -> TrainingState:
     state = verify(path)
     if state["world_size"] != info.world_size:
@@ -247,8 +260,8 @@ def load(path: Path, info: distributed.Dist) -> TrainingState:
             f"{path}: written by {state['world_size']} ranks, resuming with {info.world_size}; "
             "exact resume needs the same world size"
         )
-    opt = torch.load(path / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
-    rank = torch.load(path / f"rank_{info.rank:05d}.pt", map_location="cpu", weights_only=True)
+    opt = _load_tensors(path / OPTIMIZER_NAME)
+    rank = _load_tensors(path / f"rank_{info.rank:05d}.pt")
     return TrainingState(
         step=state["step"],
         tokens_seen=state["tokens_seen"],

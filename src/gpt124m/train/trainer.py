@@ -19,7 +19,7 @@ from torch import nn
 
 from gpt124m import collectives
 from gpt124m.device import require_compiler, resolve_precision, use_tf32
-from gpt124m.train import checkpointing, distributed
+from gpt124m.train import checkpointing, continuity, distributed
 from gpt124m.train.checkpointer import Checkpointer, run_metadata
 from gpt124m.train.config import TrainConfig, apply_step_cap
 from gpt124m.train.costs import (
@@ -67,6 +67,10 @@ class _Run:
         resume_from = self.checkpointer.resume_path()
         state = self.checkpointer.load(resume_from)
         if state is not None:
+            recorded = run_metadata(state.path).get("training") or {}
+            changes = continuity.check(cfg.to_dict(), recorded, state.step, str(state.path))
+            if info.is_main:
+                continuity.log_changes(changes, str(state.path))
             checkpointing.load_weights(self.module, state.path)
         elif info.world_size > 1:
             # The ranks built the same weights from one seed; from here each draws its own
