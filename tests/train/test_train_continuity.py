@@ -3,6 +3,7 @@ that steer it are logged, and a refusal leaves the run's folder as it was."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 
@@ -84,3 +85,20 @@ def test_a_checkpoint_is_resumed_by_the_command_that_wrote_it():
         continuity.check({**sft, "lora_alpha": 32}, sft, 2, "ckpt")
     # a record from before a key existed checks only what it has
     assert continuity.check(pretraining, {"dropout": 0.0}, 2, "ckpt") == []
+
+
+def test_a_state_file_that_holds_code_is_refused_in_a_line(stopped_run, tmp_path):
+    """A checkpoint whose optimizer.pt pickles an object (and whose hashes were made to match):
+    refused by `weights_only`, in one line that does not suggest turning it off."""
+    import json
+
+    from gpt124m.data.shards import sha256_file
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000002"
+    torch.save({"optimizer": argparse.Namespace(payload=1), "scaler": None}, ckpt / "optimizer.pt")
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state["sha256"]["optimizer.pt"] = sha256_file(ckpt / "optimizer.pt")
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="optimizer.pt: refused") as caught:
+        fit(stopped_run, GPT(get_preset("tiny")), FixedBatches(3))
+    assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
