@@ -17,11 +17,11 @@ import zlib
 from pathlib import Path
 
 import pytest
-import torch
 
 from gpt124m.checkpoint import save_pretrained
-from gpt124m.config import get_preset
 from gpt124m.model import GPT
+
+from ..conftest import lively_tiny_model
 
 TRAINING = {
     "preset": "tiny",
@@ -57,18 +57,11 @@ def tiny_png() -> bytes:
     )
 
 
-def make_tiny_model(seed: int = 0) -> GPT:
-    """A tiny GPT whose logits spread widely, so greedy choices are never near-ties."""
-    torch.manual_seed(seed)
-    model = GPT(get_preset("tiny")).eval()
-    with torch.no_grad():
-        model.transformer.wte.weight.mul_(20.0)
-    return model
-
-
 @pytest.fixture(scope="session")
 def native_model() -> GPT:
-    return make_tiny_model()
+    """Wide random weights (tests/conftest.py): greedy text that varies with its context, so a
+    generation test compares real choices, not one token repeated."""
+    return lively_tiny_model()
 
 
 @pytest.fixture(scope="session")

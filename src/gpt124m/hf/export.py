@@ -179,7 +179,7 @@ def remote_code_hf_config(config: ModelConfig, dtype: torch.dtype) -> dict[str, 
         "architectures": [ARCHITECTURE],
         "auto_map": dict(AUTO_MAP),
         "vocab_size": config.padded_vocab_size,  # embedding rows, as transformers counts them
-        "tokenizer_vocab_size": config.vocab_size,  # ids past this get -inf logits
+        "tokenizer_vocab_size": config.vocab_size,  # ids past this get the lowest logit
         "n_positions": config.block_size,
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,

@@ -10,8 +10,8 @@ class GPT124MConfig(PretrainedConfig):
     """A GPT-2-architecture decoder whose embedding matrix may be padded past the tokenizer.
 
     `vocab_size` counts embedding rows (padded to a multiple of 64 for speed); ids from
-    `tokenizer_vocab_size` on are padding, and the model gives them logits of -inf so they are
-    never generated. Set `tokenizer_vocab_size` to None to expose every row.
+    `tokenizer_vocab_size` on are padding, and the model gives them the lowest finite logit so
+    they are never generated. Set `tokenizer_vocab_size` to None to expose every row.
     """
 
     model_type = "gpt124m"

@@ -5,13 +5,15 @@ The network itself is gpt124m's own `model.py`, which `gpt124m export` copies be
 file's, so an exported model cannot compute anything gpt124m does not. This file adds only what
 transformers asks of a causal LM: the `PreTrainedModel` plumbing, transformers' Cache API
 (DynamicCache), `labels` shifted inside, `inputs_embeds`, `position_ids`, `logits_to_keep`, and
-logits over every embedding row with -inf past the tokenizer (transformers sizes the vocabulary by
-embedding rows). It runs where only torch and transformers are installed: it must not import
+logits over every embedding row with the dtype's lowest finite value past the tokenizer
+(transformers sizes the vocabulary by embedding rows; -inf would make NaN of log-space arithmetic
+such as classifier-free guidance or an entropy). It runs where only torch and transformers are installed: it must not import
 gpt124m.
 """
 
 import dataclasses
 
+import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
@@ -78,6 +80,11 @@ class GPT124MForCausalLM(GPT124MPreTrainedModel, GenerationMixin):
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kwargs)
         if new_num_tokens is not None:
             self.config.tokenizer_vocab_size = new_num_tokens
+        native = getattr(self.config, "model", None)  # gpt124m's own keys, which it loads by
+        if isinstance(native, dict):
+            vocab = self.config.tokenizer_vocab_size or embeddings.weight.shape[0]
+            native["vocab_size"] = vocab
+            native["vocab_multiple"] = _multiple(vocab, embeddings.weight.shape[0], native)
         return embeddings
 
     def get_input_embeddings(self):
@@ -169,7 +176,7 @@ class GPT124MForCausalLM(GPT124MPreTrainedModel, GenerationMixin):
         logits = self.lm_head(x)
         real = self.config.tokenizer_vocab_size
         if real is not None and real < logits.size(-1):
-            logits[..., real:] = float("-inf")
+            logits[..., real:] = torch.finfo(logits.dtype).min
 
         loss = None
         if labels is not None:
@@ -178,6 +185,15 @@ class GPT124MForCausalLM(GPT124MPreTrainedModel, GenerationMixin):
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
         return output if return_dict else output.to_tuple()
+
+
+def _multiple(vocab: int, rows: int, native: dict) -> int:
+    """A `vocab_multiple` that pads `vocab` to exactly `rows`: the one recorded if it still does,
+    else 1 (no padding) or, failing that, `rows` itself."""
+    for multiple in (native.get("vocab_multiple", 64), 1, rows):
+        if -(-vocab // multiple) * multiple == rows:
+            return multiple
+    raise ValueError(f"{rows} embedding rows cannot hold a vocabulary of {vocab}")
 
 
 def _causal_lm_loss(logits, labels, vocab, num_items_in_batch=None):
