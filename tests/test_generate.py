@@ -118,6 +118,34 @@ def test_logits_processing_matches_transformers(settings):
     torch.testing.assert_close(ours[kept], expected[kept], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [dict(temperature=1.0), dict(temperature=0.7, top_k=9), dict(temperature=1.3, top_p=0.8)],
+)
+def test_sampled_tokens_follow_the_processed_distribution(settings):
+    """20,000 draws from fixed logits: each token's count within 5 standard deviations of its
+    probability under transformers' warpers, and never a token they remove. (Seeds that repeat
+    and differ say nothing of the distribution itself.)"""
+    from gpt124m.generate import _next_tokens
+
+    lp = pytest.importorskip("transformers.generation.logits_process")
+    n, vocab = 20_000, 48
+    logits = torch.randn(1, vocab, generator=torch.Generator().manual_seed(1)) * 2
+    cfg = GenerationConfig(do_sample=True, **settings)
+    warpers = lp.LogitsProcessorList([lp.TemperatureLogitsWarper(cfg.temperature)])
+    if cfg.top_k:
+        warpers.append(lp.TopKLogitsWarper(cfg.top_k))
+    if cfg.top_p < 1:
+        warpers.append(lp.TopPLogitsWarper(cfg.top_p))
+    p = warpers(torch.zeros(1, 1, dtype=torch.long), logits.clone()).softmax(-1)[0].double()
+    drawn = _next_tokens(logits.expand(n, vocab), cfg, None, torch.Generator().manual_seed(0))
+    counts = torch.bincount(drawn, minlength=vocab).double()
+    assert (counts[p == 0] == 0).all()
+    sigma = (n * p * (1 - p)).sqrt()
+    assert ((counts - n * p).abs() <= 5 * sigma + 1).all(), (counts - n * p) / (sigma + 1e-9)
+    assert (p > 0.02).sum() >= 4  # precondition: a spread worth testing, not one likely token
+
+
 def test_eos_stops_each_row(tiny_model):
     base = generate(tiny_model, PROMPTS, greedy(max_new_tokens=16))
     # an EOS that row 0 reaches part-way and the last row never produces

@@ -189,7 +189,13 @@ def test_predictions_file_has_one_record_per_item(tmp_path, model, items):
     }
 
 
-def test_evaluation_restores_training_mode(model, items):
-    model.train()
-    hs.evaluate(model, items[:2], progress=False)
-    assert model.training
+def test_evaluation_runs_without_dropout_and_restores_training_mode(model, items):
+    """A model in training mode with heavy dropout scores exactly as the same weights in eval
+    mode (twice: no draw of masks), and is left in training mode."""
+    noisy = GPT(dataclasses.replace(model.config, dropout=0.5))
+    noisy.load_state_dict(model.state_dict())
+    noisy.train()
+    expected = hs.evaluate(model.eval(), items[:3], progress=False).records
+    assert hs.evaluate(noisy, items[:3], progress=False).records == expected
+    assert hs.evaluate(noisy, items[:3], progress=False).records == expected
+    assert noisy.training

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import subprocess
@@ -12,6 +13,21 @@ from gpt124m.data import shards as fmt
 from gpt124m.data.loader import token_batches
 from gpt124m.eval.loss import evaluate_loss, gpt2_token_bytes
 from gpt124m.tokenizer import get_tokenizer
+
+
+def test_loss_is_evaluated_without_dropout(model):
+    """Heavy dropout in training mode: the same loss as the weights in eval mode, every call."""
+    from gpt124m.model import GPT
+
+    noisy = GPT(dataclasses.replace(model.config, dropout=0.5))
+    noisy.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(2)
+    batches = [tuple(torch.randint(0, 50257, (2, 32), generator=g) for _ in "xy")]
+    expected = evaluate_loss(model.eval(), batches, device="cpu")["loss"]
+    noisy.train()
+    assert evaluate_loss(noisy, batches, device="cpu")["loss"] == expected
+    assert evaluate_loss(noisy, batches, device="cpu")["loss"] == expected
+    assert noisy.training
 
 
 def test_loss_is_the_token_weighted_mean_over_batches(model):
