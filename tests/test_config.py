@@ -112,18 +112,6 @@ def test_memory_figures():
     assert f"{4 * n / 2**30:,.2f} GiB" in text and f"{16 * n / 2**30:,.2f} GiB" in text
 
 
-def test_flops_per_token_is_6n_plus_attention():
-    config = get_preset("tiny")
-    # The head multiplies by every embedding row, padding included: that work is really done.
-    n_matmul = (
-        config.num_params(include_embeddings=False) + config.padded_vocab_size * config.n_embd
-    )
-    base = config.flops_per_token(1)
-    # The attention term grows linearly with the context length, 12 * L * d per token.
-    assert config.flops_per_token(33) - base == 12 * config.n_layer * config.n_embd * 32
-    assert base == 6 * n_matmul + 12 * config.n_layer * config.n_embd
-
-
 def test_config_round_trip_and_validation():
     config = get_preset("nano")
     assert ModelConfig.from_dict(config.to_dict()) == config

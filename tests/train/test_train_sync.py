@@ -73,3 +73,35 @@ def test_a_non_finite_step_between_logs_still_stops_before_the_next_checkpoint(
     ckpts = checkpointing.list_checkpoints(tmp_path / "run" / "checkpoints")
     assert [p.name for p in ckpts] == ["step_0000004"]
     checkpointing.verify(ckpts[-1])
+
+
+def test_logged_speed_is_the_steps_own_time_and_mfu_its_flops_over_the_peak(
+    tmp_path, fixed_batches, monkeypatch
+):
+    """Steps made to take 0.3 s and samples (every 2 steps) 1 s, with a checkpoint every 2: the
+    logged ms is the steps' time alone, tokens/s is the batch over it, and MFU is the FLOPs of
+    those tokens over --peak-flops."""
+    import time
+
+    from gpt124m.train import costs
+    from gpt124m.train.evaluators import Hooks
+
+    run_step = step.Stepper.run
+
+    def slow(self):
+        time.sleep(0.3)
+        run_step(self)
+
+    monkeypatch.setattr(step.Stepper, "run", slow)
+    cfg = tiny_run_config(
+        tmp_path, max_steps=4, log_every=2, sample_every=2, checkpoint_every=2, peak_flops=1e12
+    )
+    model = GPT(get_preset("tiny"))
+    fit(cfg, model, fixed_batches(), hooks=Hooks(samples=lambda m: time.sleep(1.0) or ["x"]))
+    logged = records(tmp_path / "run")
+    assert [r["step"] for r in logged] == [2, 4]
+    flops = costs.training_flops_per_token(model, model.config, cfg.seq_len)
+    for r in logged:
+        assert 300 <= r["ms"] < 600  # a step's sleep and work; never a second of sampling
+        assert r["tokens_per_s"] == pytest.approx(cfg.total_batch_tokens / (r["ms"] / 1000))
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops / 1e12)
