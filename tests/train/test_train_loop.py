@@ -201,6 +201,32 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path, fixed_b
         fit(dataclasses.replace(cfg, resume="auto"), GPT(get_preset("tiny")), fixed_batches())
 
 
+def test_a_checkpoint_the_disk_cannot_hold_stops_in_a_line_keeping_the_earlier_ones(
+    tmp_path, fixed_batches, monkeypatch
+):
+    """torch's writer reports a full disk as a RuntimeError: the run stops with a line naming
+    the checkpoint, leaves no partial directory, and the checkpoint before it still resumes."""
+    write = torch.save
+
+    def disk_full_at_step_4(obj, path, *args, **kwargs):
+        if "step_0000004" in str(path) and str(path).endswith("optimizer.pt"):
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
+                "file data/0: file write failed"
+            )
+        return write(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_step_4)
+    cfg = tiny_cfg(tmp_path, checkpoint_every=2, max_steps=4)
+    with pytest.raises(OSError, match="step_0000004: checkpoint not written .*file write failed"):
+        fit(cfg, GPT(get_preset("tiny")), fixed_batches())
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_0000002"]
+    monkeypatch.setattr(torch, "save", write)
+    fit(dataclasses.replace(cfg, resume="auto"), GPT(get_preset("tiny")), fixed_batches())
+    assert sorted(p.name for p in root.iterdir()) == ["step_0000002", "step_0000004"]
+
+
 def test_a_fresh_start_does_not_inherit_a_dead_runs_metrics(tmp_path, fixed_batches):
     run = tmp_path / "run"
     run.mkdir()

@@ -11,6 +11,7 @@ unpickled: `torch.load(weights_only=True)` reads only tensors and plain containe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pickle
@@ -18,6 +19,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,11 +118,14 @@ def save(
         tmp.mkdir(parents=True)
     collectives.barrier()
     rank_file = tmp / f"rank_{info.rank:05d}.pt"
-    torch.save({"rng": rng_state(), "loader": json.dumps(loader_state)}, rank_file)
+    with _writing(tmp, final):
+        torch.save({"rng": rng_state(), "loader": json.dumps(loader_state)}, rank_file)
     collectives.barrier()
     if info.is_main:
-        _save_weights(model, tmp, metadata)
-        torch.save({"optimizer": optimizer_state, "scaler": scaler_state}, tmp / OPTIMIZER_NAME)
+        with _writing(tmp, final):
+            _save_weights(model, tmp, metadata)
+            optimizer = {"optimizer": optimizer_state, "scaler": scaler_state}
+            torch.save(optimizer, tmp / OPTIMIZER_NAME)
         files = sorted(p.name for p in tmp.iterdir())
         for name in files:
             fsync_file(tmp / name)
@@ -140,6 +145,21 @@ def save(
             shutil.rmtree(old, ignore_errors=True)
     collectives.barrier()
     return final
+
+
+@contextlib.contextmanager
+def _writing(tmp: Path, final: Path) -> Iterator[None]:
+    """A write that fails (a full disk: torch reports it as a RuntimeError) removes the partial
+    checkpoint and says so in a line; the checkpoints before it are untouched."""
+    try:
+        yield
+    except (RuntimeError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OSError(
+            f"{final}: checkpoint not written ({reason}); is the disk full? The earlier "
+            "checkpoints are kept"
+        ) from None
 
 
 def _save_weights(model: nn.Module, out: Path, metadata: dict[str, Any]) -> None:
