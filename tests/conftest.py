@@ -26,6 +26,31 @@ from gpt124m.train.config import TrainConfig
 # this point, so the tests that call the CLI in this process train in huge pages as it does.
 os.environ.setdefault(HUGE_PAGES_ENV, "1")
 
+
+def share_the_cores() -> None:
+    """Under pytest-xdist, each worker (and each process its tests start) takes its share of the
+    cores: torch's default of all of them in every worker oversubscribes the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, torch.get_num_threads() // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+share_the_cores()
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Longest first (by `slow(seconds=N)`; other slow tests count 30 s): with workers, the run
+    then ends soon after its longest test, which would otherwise start minutes in."""
+
+    def seconds(item) -> float:
+        marker = item.get_closest_marker("slow")
+        return 0 if marker is None else marker.kwargs.get("seconds", 30)
+
+    items.sort(key=seconds, reverse=True)
+
+
 needs_compiler = pytest.mark.skipif(
     not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")),
     reason="torch.compile (Inductor) on CPU needs a C++ compiler",

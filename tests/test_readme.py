@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # about two minutes: a quickstart, a training run, an evaluation
+pytestmark = pytest.mark.slow(
+    seconds=150
+)  # about two minutes: a quickstart, a training run, an evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -28,7 +28,7 @@ def smoke(out: Path, *args: str, timeout: int = 540) -> tuple[int, dict, str]:
     return proc.returncode, report, proc.stdout + proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=120)
 def test_every_section_runs_on_cpu_and_reports(tmp_path):
     code, report, output = smoke(tmp_path / "out")
     sections = report["sections"]

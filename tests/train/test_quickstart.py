@@ -13,7 +13,9 @@ from gpt124m.tokenizer import get_tokenizer
 from gpt124m.train.config import TrainConfig, load_recipe
 from gpt124m.train.metrics import MetricsLog
 
-pytestmark = pytest.mark.slow
+# About 3.5 minutes on two AVX2 cores, 7 on one (one worker's share of two); the timeout leaves
+# room for a slower machine.
+pytestmark = [pytest.mark.slow(seconds=400), pytest.mark.timeout(1500)]
 
 TARGET_VAL_LOSS = 5.0  # issue 14: the quickstart's model visibly learned
 # In the text the quickstart prints for its own prompts. The model is small and briefly trained,

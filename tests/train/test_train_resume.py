@@ -21,7 +21,7 @@ from gpt124m.data.prepare import PrepareConfig, prepare
 
 from ..conftest import needs_muon
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=150)  # the file
 
 N = 6  # steps before the kill; the run is 2N steps long
 
