@@ -135,3 +135,12 @@ def test_prepare_flags_build_its_config(tmp_path):
     cfg = from_args(args, PrepareConfig)
     assert cfg.out_dir == str(tmp_path) and cfg.progress is False and cfg.hf_config is None
     assert cfg.shard_tokens == PrepareConfig().shard_tokens
+
+
+def test_an_empty_default_is_shown_as_none():
+    """`(default: '')` reads as a value to type; an empty default means none was given."""
+    for words, parser in LEAVES.items():
+        for action in parser._actions:
+            assert "(default: '')" not in (action.help or ""), (words, action.dest)
+    sft_help = {a.dest: a.help for a in LEAVES[("sft",)]._actions}["base"]
+    assert sft_help.endswith("required, here or in the --config recipe (default: none)")

@@ -103,9 +103,9 @@ def _metadata(config_cls, name: str):
 def _shown(default: Any) -> str:
     if isinstance(default, bool):
         return "on" if default else "off"
-    if default is None:
+    if default is None or default == "":
         return "none"
-    if default == "" or isinstance(default, list):
+    if isinstance(default, list):
         return repr(default)
     return str(default)
 

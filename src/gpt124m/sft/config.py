@@ -56,7 +56,7 @@ class SFTConfig(TrainConfig):
         "",
         (
             "the model to tune: a model directory, GPT-2 directory, hub id, or a preset name "
-            "(random init)"
+            "(random init); required, here or in the --config recipe"
         ),
     )
     data: str = option(
