@@ -227,6 +227,42 @@ def test_a_checkpoint_the_disk_cannot_hold_stops_in_a_line_keeping_the_earlier_o
     assert sorted(p.name for p in root.iterdir()) == ["step_0000002", "step_0000004"]
 
 
+def test_a_run_into_a_folder_another_run_trains_into_is_refused_and_changes_nothing(
+    tmp_path, fixed_batches
+):
+    """Another process holds OUT_DIR (as a training run does): a second run stops in a line
+    before it writes anything; once the other is gone, the same command runs."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("fcntl")
+    cfg = tiny_cfg(tmp_path, checkpoint_every=2, max_steps=2)
+    fit(cfg, GPT(get_preset("tiny")), fixed_batches())
+    out = tmp_path / "run"
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    hold = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    again = dataclasses.replace(cfg, resume="auto", max_steps=4)
+    try:
+        assert other.stdout.readline() == "held\n"
+        with pytest.raises(ValueError, match="another run is training into this folder"):
+            fit(again, GPT(get_preset("tiny")), fixed_batches())
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        other.kill()
+        other.wait()
+    assert fit(again, GPT(get_preset("tiny")), fixed_batches())["steps"] == 4
+    assert fit(again, GPT(get_preset("tiny")), fixed_batches())["steps"] == 4  # released
+
+
 def test_a_fresh_start_does_not_inherit_a_dead_runs_metrics(tmp_path, fixed_batches):
     run = tmp_path / "run"
     run.mkdir()

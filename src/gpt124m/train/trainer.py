@@ -21,6 +21,7 @@ from gpt124m import collectives
 from gpt124m.device import require_compiler, resolve_precision, use_tf32
 from gpt124m.train import checkpointing, continuity, distributed
 from gpt124m.train.checkpointer import Checkpointer, run_metadata
+from gpt124m.train.claim import Claim
 from gpt124m.train.config import TrainConfig, apply_step_cap
 from gpt124m.train.costs import (
     StepClock,
@@ -58,6 +59,7 @@ class _Run:
         self.evaluators = build_evaluators(hooks, cfg)
         self.results: dict[str, Any] = {}  # the latest of each evaluation, for the metadata
         self._start = time.perf_counter()  # of this session's steps; reset when the loop starts
+        self.claim: Claim | None = None  # OUT_DIR, this run's alone from prepare() on
 
     def prepare(self) -> None:
         cfg, info = self.cfg, self.info
@@ -95,9 +97,10 @@ class _Run:
         if state is not None:
             self.checkpointer.restore(state, self.stepper)
         # Only now, with every setting accepted (the optimizer's, the compiler's, the
-        # checkpoint's), is a later timeline set aside or a fresh run's metrics started: a
-        # refused flag changes nothing in OUT_DIR.
+        # checkpoint's), is OUT_DIR claimed, a later timeline set aside or a fresh run's
+        # metrics started: a refused flag changes nothing in OUT_DIR.
         if info.is_main:
+            self.claim = Claim(self.out)
             self.checkpointer.clear_the_way(state, self.metrics)
         collectives.barrier()
         if state is not None:
@@ -294,8 +297,10 @@ def fit(
     cfg.validate()
     info = info or distributed.init(cfg.device)
     run = _Run(cfg, model, data, hooks or Hooks(), info, metadata or {})
-    run.prepare()
     try:
+        run.prepare()
         return run.loop()
     finally:
         run.metrics.close()
+        if run.claim is not None:
+            run.claim.release()
