@@ -40,7 +40,7 @@ def stopped_run(tmp_path):
     [
         ({"dropout": 0.0}, "--dropout 0.1, not 0.0"),
         ({"total_batch_tokens": 256}, "--total-batch-tokens 128, not 256"),
-        ({"max_steps": 1}, "--max-steps 1: .* is already at step 2"),
+        ({"max_steps": 1}, r"this run ends at step 1 \(--max-steps, .* is already at step 2"),
     ],
 )
 def test_a_resume_that_would_change_the_run_is_refused_and_changes_nothing(
@@ -83,6 +83,15 @@ def test_a_checkpoint_is_resumed_by_the_command_that_wrote_it():
         continuity.check(pretraining, sft, 2, "ckpt")
     with pytest.raises(ValueError, match="--lora-alpha 8, not 32"):
         continuity.check({**sft, "lora_alpha": 32}, sft, 2, "ckpt")
+    # SFT's token count follows from flags it has: the one changed is named, not the count
+    padded = {**sft, "pad_to": "block", "total_batch_tokens": 4096}
+    with pytest.raises(ValueError, match="--pad-to block, not longest"):
+        continuity.check(
+            {**padded, "pad_to": "longest", "total_batch_tokens": 1200}, padded, 2, "c"
+        )
+    # a full fine-tune has no adapters: their settings do not matter
+    full = {**sft, "method": "full", "lora_r": 8}
+    assert continuity.check({**full, "lora_r": 16, "lora_alpha": 32}, full, 2, "ckpt") == []
     # a record from before a key existed checks only what it has
     assert continuity.check(pretraining, {"dropout": 0.0}, 2, "ckpt") == []
 

@@ -201,28 +201,46 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path, fixed_b
         fit(dataclasses.replace(cfg, resume="auto"), GPT(get_preset("tiny")), fixed_batches())
 
 
+@pytest.mark.parametrize("failing", ["optimizer", "weights"])
 def test_a_checkpoint_the_disk_cannot_hold_stops_in_a_line_keeping_the_earlier_ones(
-    tmp_path, fixed_batches, monkeypatch
+    tmp_path, fixed_batches, monkeypatch, failing
 ):
-    """torch's writer reports a full disk as a RuntimeError: the run stops with a line naming
-    the checkpoint, leaves no partial directory, and the checkpoint before it still resumes."""
-    write = torch.save
+    """A full disk as each writer reports it (torch: a RuntimeError from its stream writer;
+    safetensors: its own error type): the run stops with a line naming the checkpoint, leaves no
+    partial directory, and the checkpoint before it still resumes."""
+    import safetensors.torch
+    from safetensors import SafetensorError
 
-    def disk_full_at_step_4(obj, path, *args, **kwargs):
-        if "step_0000004" in str(path) and str(path).endswith("optimizer.pt"):
+    from gpt124m import checkpoint as model_files
+
+    torch_save, save_file = torch.save, safetensors.torch.save_file
+    at_step_4 = "step_0000004"
+
+    def torch_full(obj, path, *args, **kwargs):
+        if at_step_4 in str(path) and str(path).endswith("optimizer.pt"):
             raise RuntimeError(
                 "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
                 "file data/0: file write failed"
             )
-        return write(obj, path, *args, **kwargs)
+        return torch_save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "save", disk_full_at_step_4)
+    def safetensors_full(tensors, path, *args, **kwargs):
+        if at_step_4 in str(path):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device")
+        return save_file(tensors, path, *args, **kwargs)
+
+    if failing == "optimizer":
+        monkeypatch.setattr(torch, "save", torch_full)
+    else:
+        monkeypatch.setattr(model_files, "save_file", safetensors_full)
     cfg = tiny_cfg(tmp_path, checkpoint_every=2, max_steps=4)
-    with pytest.raises(OSError, match="step_0000004: checkpoint not written .*file write failed"):
+    with pytest.raises(
+        OSError, match="step_0000004: checkpoint not written .*(write failed|space)"
+    ):
         fit(cfg, GPT(get_preset("tiny")), fixed_batches())
     root = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["step_0000002"]
-    monkeypatch.setattr(torch, "save", write)
+    monkeypatch.undo()
     fit(dataclasses.replace(cfg, resume="auto"), GPT(get_preset("tiny")), fixed_batches())
     assert sorted(p.name for p in root.iterdir()) == ["step_0000002", "step_0000004"]
 

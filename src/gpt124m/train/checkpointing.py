@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -149,11 +150,12 @@ def save(
 
 @contextlib.contextmanager
 def _writing(tmp: Path, final: Path) -> Iterator[None]:
-    """A write that fails (a full disk: torch reports it as a RuntimeError) removes the partial
-    checkpoint and says so in a line; the checkpoints before it are untouched."""
+    """A write that fails (a full disk: torch reports it as a RuntimeError, safetensors as its
+    own error) removes the partial checkpoint and says so in a line; the checkpoints before it
+    are untouched."""
     try:
         yield
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, SafetensorError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OSError(

@@ -17,6 +17,13 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 
+def busy(out: Path) -> ValueError:
+    return ValueError(
+        f"{out}: another run is training into this folder; wait for it to end, or use another "
+        "--out-dir"
+    )
+
+
 class Claim:
     """The lock on one OUT_DIR; `release()` (or the process's end) gives it up."""
 
@@ -30,10 +37,7 @@ class Claim:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ValueError(
-                f"{out}: another run is training into this folder; wait for it to end, or use "
-                "another --out-dir"
-            ) from None
+            raise busy(out) from None
         self.fd = fd
 
     def release(self) -> None:

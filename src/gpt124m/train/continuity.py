@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from gpt124m.flags import flag_name
+from gpt124m.train.config import MAX_STEPS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,8 @@ def check(settings: dict[str, Any], recorded: dict[str, Any], step: int, where: 
     if recorded and ("method" in recorded) != ("method" in settings):  # only SFT has a method
         kind, command = ("an SFT", "sft") if "method" in recorded else ("a pretraining", "train")
         raise ValueError(f"{where} is {kind} checkpoint: resume it with `gpt124m {command}`")
-    for key in DEFINING:
-        if key in recorded and key in settings and recorded[key] != settings[key]:
+    for key in _defining(settings):
+        if key in recorded and recorded[key] != settings[key]:
             raise ValueError(
                 f"{where} was trained with {flag_name(key)} {recorded[key]}, not "
                 f"{settings[key]}: a resumed run keeps the settings that define it (use another "
@@ -71,14 +72,26 @@ def check(settings: dict[str, Any], recorded: dict[str, Any], step: int, where: 
     max_steps = settings.get("max_steps")
     if isinstance(max_steps, int) and max_steps < step:
         raise ValueError(
-            f"--max-steps {max_steps}: {where} is already at step {step} (resume from an earlier "
-            "checkpoint with --resume PATH)"
+            f"this run ends at step {max_steps} (--max-steps, ${MAX_STEPS_ENV}, or sft's "
+            f"--epochs), and {where} is already at step {step}: resume from an earlier "
+            "checkpoint with --resume PATH"
         )
     return [
         f"{flag_name(key)} {recorded[key]} -> {settings[key]}"
         for key in STEERING
         if key in recorded and key in settings and recorded[key] != settings[key]
     ]
+
+
+def _defining(settings: dict[str, Any]) -> list[str]:
+    """DEFINING, as far as `settings` has and uses it: an SFT run's token count follows from its
+    batch size and padding (its own flags), and a full fine-tune has no LoRA settings."""
+    keys = [k for k in DEFINING if k in settings]
+    if "method" in settings:
+        keys.remove("total_batch_tokens")
+        if settings["method"] != "lora":
+            keys = [k for k in keys if not k.startswith("lora_")]
+    return keys
 
 
 def log_changes(changes: list[str], where: str) -> None:

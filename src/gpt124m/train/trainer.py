@@ -21,7 +21,7 @@ from gpt124m import collectives
 from gpt124m.device import require_compiler, resolve_precision, use_tf32
 from gpt124m.train import checkpointing, continuity, distributed
 from gpt124m.train.checkpointer import Checkpointer, run_metadata
-from gpt124m.train.claim import Claim
+from gpt124m.train.claim import Claim, busy
 from gpt124m.train.config import TrainConfig, apply_step_cap
 from gpt124m.train.costs import (
     StepClock,
@@ -99,8 +99,15 @@ class _Run:
         # Only now, with every setting accepted (the optimizer's, the compiler's, the
         # checkpoint's), is OUT_DIR claimed, a later timeline set aside or a fresh run's
         # metrics started: a refused flag changes nothing in OUT_DIR.
+        claimed = True
         if info.is_main:
-            self.claim = Claim(self.out)
+            try:
+                self.claim = Claim(self.out)
+            except ValueError:
+                claimed = False
+        if not collectives.all_agree(claimed, self.device):  # every rank stops, none waits
+            raise busy(self.out)
+        if info.is_main:
             self.checkpointer.clear_the_way(state, self.metrics)
         collectives.barrier()
         if state is not None:
