@@ -146,6 +146,23 @@ def test_sampled_tokens_follow_the_processed_distribution(settings):
     assert (p > 0.02).sum() >= 4  # precondition: a spread worth testing, not one likely token
 
 
+def test_end_of_text_in_a_prompt_is_the_token_transformers_reads(tiny_model, tok, tmp_path):
+    """`<|endoftext|>` in a prompt is the token, as transformers' GPT-2 tokenizer (and nanoGPT's
+    sample.py) reads it, not its 7 characters: `--prompt '<|endoftext|>'` is GPT-2's
+    unconditional start."""
+    transformers = pytest.importorskip("transformers")
+    tok.save_hf_files(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    prompt = "Hello<|endoftext|>The"
+    ids = hf(prompt, add_special_tokens=False)["input_ids"]
+    cfg = GenerationConfig(max_new_tokens=6, eos_token_id=None)
+    expected = tok.decode(generate(tiny_model, [ids], cfg)[0])
+    as_text = tok.decode(generate(tiny_model, [tok.encode(prompt)], cfg)[0])
+    assert 50256 in ids and as_text != expected  # precondition: the reading matters here
+    assert generate_text(tiny_model, tok, [prompt], cfg) == [expected]
+    assert "".join(stream_text(tiny_model, tok, prompt, cfg)) == expected
+
+
 def test_eos_stops_each_row(tiny_model):
     base = generate(tiny_model, PROMPTS, greedy(max_new_tokens=16))
     # an EOS that row 0 reaches part-way and the last row never produces

@@ -302,8 +302,12 @@ def generate_text(
     *,
     compiled: bool = False,
 ) -> list[str]:
-    """Batched text-in, text-out generation; each completion is cut at the first stop string."""
-    encoded = [tokenizer.encode(p) for p in prompts]
+    """Batched text-in, text-out generation; each completion is cut at the first stop string.
+
+    `<|endoftext|>` in a prompt is the end-of-text token, as transformers' GPT-2 tokenizer and
+    nanoGPT's sample.py read it (alone, it is GPT-2's unconditional start); data preparation and
+    SFT examples keep it as text."""
+    encoded = [tokenizer.encode(p, allow_special=True) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     for tokens, finished in decode_steps(model, encoded, cfg, compiled=compiled):
         # One read of each per step: indexing a GPU tensor row by row would wait for it B times.
@@ -337,7 +341,7 @@ def stream_text(
     """
     ids: list[int] = []
     emitted = 0
-    prompt_ids = [tokenizer.encode(prompt)]
+    prompt_ids = [tokenizer.encode(prompt, allow_special=True)]
     for tokens, _ in decode_steps(model, prompt_ids, cfg, compiled=compiled):
         t = int(tokens[0])
         if t == cfg.eos_token_id:

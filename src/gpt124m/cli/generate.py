@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 @dataclass(kw_only=True)
 class GenerateOptions(SamplingOptions):
     prompt: str | None = option(
-        None, "prompt text (default: read stdin, less the newline that ends its last line)"
+        None,
+        (
+            "prompt text (default: read stdin, less the newline that ends its last line); "
+            "<|endoftext|> in it is the end-of-text token ('<|endoftext|>' alone: an "
+            "unconditional start)"
+        ),
     )
     num_samples: int = option(1, "independent samples to print")
     stop: list[str] = option(default_factory=list, help="stop string (repeatable)", repeat=True)

@@ -222,7 +222,7 @@ class DemoModel:
         )
 
     def _check_length(self, prompt: str, what: str) -> None:
-        n = len(self.tokenizer.encode(prompt))
+        n = len(self.tokenizer.encode(prompt, allow_special=True))  # as generation encodes it
         cap = self.limits.max_input_tokens
         if n > cap:
             raise DemoInputError(f"{what} is too long: {n:,} tokens; the limit is {cap:,} tokens.")

@@ -36,7 +36,7 @@ def respond(
     if not instruction.strip():
         raise ValueError("the instruction is empty")
     prompt = format_prompt(instruction, input_text, template)
-    n_prompt = len(tokenizer.encode(prompt))
+    n_prompt = len(tokenizer.encode(prompt, allow_special=True))  # as generation encodes it
     room = model.config.block_size - n_prompt + 1  # the last token is never fed back
     if room < 1:
         raise ValueError(
