@@ -57,6 +57,13 @@ def wait_for(condition, what: str, timeout_s: float = 30.0, poll_s: float = 0.02
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def settled(textbox, quiet_s: float = 0.5) -> str | None:
+    """The textbox's value if it does not change for `quiet_s`, else None."""
+    before = textbox.input_value()
+    time.sleep(quiet_s)
+    return before if textbox.input_value() == before else None
+
+
 def test_generate_stream_stop_and_sampling_toggle(demo_server, tmp_path):
     expect = sync_api.expect
     base = load_model(demo_server.base_dir)
@@ -111,13 +118,14 @@ def test_generate_stream_stop_and_sampling_toggle(demo_server, tmp_path):
                 expect(slider).to_be_disabled()
             expect(page.locator("#seed input")).to_be_disabled()
 
-            # Stop ends a run: the text stays a proper prefix of the full greedy output.
+            # Stop ends a run: the text stops growing (a piece already on its way may still
+            # land) and stays a proper prefix of the full greedy output.
             page.locator("#generate").click()
             expect(status).to_have_text("Generating…")
             wait_for(lambda: output.input_value(), "the first streamed text")
             page.locator("#stop").click()
             expect(status).to_have_text("Stopped.")
-            stopped = output.input_value()
+            stopped = wait_for(lambda: settled(output), "the text to stop changing")
             time.sleep(1.0)
             assert output.input_value() == stopped
             assert greedy.startswith(stopped) and len(stopped) < len(greedy)
