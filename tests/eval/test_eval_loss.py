@@ -165,13 +165,14 @@ def test_cli_loss_on_shards_equals_the_text_file_and_splits_across_ranks(
             main(["eval", "loss", *common, "--data", str(data), "--out", str(tmp_path / name)]) == 0
         )
         results[name] = json.loads((tmp_path / name / "loss.json").read_text())
-    subprocess.run(
+    proc = subprocess.run(
         argv(2, "eval", "loss", *common, "--data", str(shard_dir), "--out", str(tmp_path / "ddp")),
-        check=True,
         env=env,
         capture_output=True,
+        text=True,
         timeout=120,
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     results["ddp"] = json.loads((tmp_path / "ddp" / "loss.json").read_text())
     assert results["ddp"]["world_size"] == 2
     for name in ("shards", "ddp"):

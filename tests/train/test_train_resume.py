@@ -89,7 +89,10 @@ def losses(out_dir):
 
 
 def run_to_end(argv, nproc):
-    subprocess.run(launcher(nproc) + argv, check=True, env=env(), capture_output=True, timeout=240)
+    proc = subprocess.run(
+        launcher(nproc) + argv, env=env(), capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]  # what failed, not only that it did
 
 
 def run_and_kill_after_step(argv, nproc, step, pid_dir, deadline_s=240):
