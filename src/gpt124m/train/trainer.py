@@ -68,9 +68,10 @@ class _Run:
                 evaluator.prepare(rank=info.rank)
         resume_from = self.checkpointer.resume_path()
         state = self.checkpointer.load(resume_from)
+        recorded = run_metadata(state.path) if state is not None else {}  # read once
         if state is not None:
-            recorded = run_metadata(state.path).get("training") or {}
-            changes = continuity.check(cfg.to_dict(), recorded, state.step, str(state.path))
+            training = recorded.get("training") or {}
+            changes = continuity.check(cfg.to_dict(), training, state.step, str(state.path))
             if info.is_main:
                 continuity.log_changes(changes, str(state.path))
             checkpointing.load_weights(self.module, state.path)
@@ -111,7 +112,7 @@ class _Run:
             self.checkpointer.clear_the_way(state, self.metrics)
         collectives.barrier()
         if state is not None:
-            self.results = _recorded_results(state.path)
+            self.results = _recorded_results(recorded)
             self.metrics.truncate_after(self.stepper.step)
             log.info(
                 "resumed from %s at step %d (%s tokens)",
@@ -271,11 +272,11 @@ class _Run:
         return summary
 
 
-def _recorded_results(checkpoint: Path) -> dict[str, Any]:
-    """The evaluations a checkpoint records, as `_Run.results` holds them: a resumed run keeps
-    them in its summary and next checkpoint until it evaluates again (a run resumed at its last
-    step evaluates nothing)."""
-    recorded = run_metadata(checkpoint).get("results") or {}
+def _recorded_results(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The evaluations a checkpoint's metadata records, as `_Run.results` holds them: a resumed
+    run keeps them in its summary and next checkpoint until it evaluates again (a run resumed at
+    its last step evaluates nothing)."""
+    recorded = metadata.get("results") or {}
     results: dict[str, Any] = {}
     if "val_loss" in recorded:
         results["val"] = {"loss": recorded["val_loss"]}

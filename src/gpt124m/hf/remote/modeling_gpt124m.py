@@ -7,8 +7,8 @@ transformers asks of a causal LM: the `PreTrainedModel` plumbing, transformers' 
 (DynamicCache), `labels` shifted inside, `inputs_embeds`, `position_ids`, `logits_to_keep`, and
 logits over every embedding row with the dtype's lowest finite value past the tokenizer
 (transformers sizes the vocabulary by embedding rows; -inf would make NaN of log-space arithmetic
-such as classifier-free guidance or an entropy). It runs where only torch and transformers are installed: it must not import
-gpt124m.
+such as classifier-free guidance or an entropy). It runs where only torch and transformers are
+installed: it must not import gpt124m.
 """
 
 import dataclasses
