@@ -73,6 +73,11 @@ def lively_tiny_model(seed: int = 2) -> GPT:
     return model.eval()
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> GPT:
     """Shared and read-only: tests that change weights or modes must copy it first."""

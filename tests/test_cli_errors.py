@@ -17,6 +17,8 @@ import pytest
 from gpt124m.cli import main
 from gpt124m.data.prepare import PrepareConfig, prepare
 
+from .conftest import snapshot
+
 SENTINEL = "previous run's results\n"
 
 
@@ -40,10 +42,6 @@ def inputs(tmp_path_factory, tiny_model_dir):
     (root / "qa.json").write_text(json.dumps(qa))
     (root / "a_file.txt").write_text("not a directory\n")
     return {"root": root, "model": tiny_model_dir}
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def fails_cleanly(tmp_path: Path, argv: list[str], *expected: str, previous=("metrics.jsonl",)):

@@ -15,12 +15,7 @@ from gpt124m.model import GPT
 from gpt124m.train import continuity
 from gpt124m.train.trainer import fit
 
-from ..conftest import FixedBatches, tiny_run_config
-
-
-def snapshot(run_dir):
-    """Every file of the run with its bytes: what a refused resume must leave untouched."""
-    return {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+from ..conftest import FixedBatches, snapshot, tiny_run_config
 
 
 @pytest.fixture

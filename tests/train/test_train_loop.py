@@ -13,7 +13,7 @@ from gpt124m.train import checkpointing
 from gpt124m.train.step import TrainingDiverged
 from gpt124m.train.trainer import fit
 
-from ..conftest import needs_muon, tiny_run_config
+from ..conftest import needs_muon, snapshot, tiny_run_config
 
 
 def tiny_cfg(tmp_path, **kw):
@@ -257,7 +257,7 @@ def test_a_run_into_a_folder_another_run_trains_into_is_refused_and_changes_noth
     cfg = tiny_cfg(tmp_path, checkpoint_every=2, max_steps=2)
     fit(cfg, GPT(get_preset("tiny")), fixed_batches())
     out = tmp_path / "run"
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    before = snapshot(out)
     hold = (
         "import fcntl, os, sys, time\n"
         "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
@@ -273,7 +273,7 @@ def test_a_run_into_a_folder_another_run_trains_into_is_refused_and_changes_noth
         assert other.stdout.readline() == "held\n"
         with pytest.raises(ValueError, match="another run is training into this folder"):
             fit(again, GPT(get_preset("tiny")), fixed_batches())
-        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+        assert snapshot(out) == before
     finally:
         other.kill()
         other.wait()
