@@ -69,16 +69,23 @@ def test_loss_counts_only_response_tokens():
     assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
 
 
-def test_filter_drops_exactly_the_examples_longer_than_the_block():
+def test_filter_keeps_every_example_whose_inputs_fit_the_block():
     tok = get_tokenizer()
     prompt_len = len(tok.encode(format_prompt("Repeat.")))
     # " a" is one token each, so the lengths are prompt + k + 1 (EOS)
     rows = [Example("Repeat.", "", "a" + " a" * (k - 1)) for k in range(1, 21)]
     encoded = encode_examples(rows)
     assert [len(e) for e in encoded] == [prompt_len + k + 1 for k in range(1, 21)]
-    block = prompt_len + 11  # keeps k <= 10: an example of exactly the block size stays
+    # n tokens are n - 1 inputs (the last is only a target): block + 1 tokens still fit
+    block = prompt_len + 10  # keeps k <= 10, the longest of block + 1 tokens
     kept, dropped = sft_data.filter_by_length(encoded, block)
-    assert dropped == 10 and len(kept) == 10 and max(len(e) for e in kept) == block
+    assert dropped == 10 and len(kept) == 10 and max(len(e) for e in kept) == block + 1
+    # the longest kept one trains on its whole response, EOS label at the last position
+    longest = max(kept, key=len)
+    x, y = make_batch([longest], block)
+    assert x[0].tolist() == longest.tokens[:-1].tolist()
+    assert y[0, -1].item() == EOT_ID
+    assert (y[0] != -100).sum().item() == len(longest) - longest.prompt_len
 
 
 def write_jsonl(path, lines):

@@ -78,12 +78,12 @@ def test_real_alpaca_file_trains_and_reports_filter_counts(tmp_path, caplog):
         + 1
         for r in usable
     ]
-    too_long = sum(n > 64 for n in lengths)
+    too_long = sum(n - 1 > 64 for n in lengths)  # n tokens fill n - 1 input positions
     stats = json.loads((out / "summary.json").read_text())["data"]
     assert stats["rows"] == len(rows) and stats["malformed"] == len(rows) - len(usable)
     assert stats["too_long"] == too_long and stats["kept"] == len(usable) - too_long
     assert stats["train"] + stats["val"] == stats["kept"]
     assert stats["val"] == round(0.1 * stats["kept"])
-    assert f"{too_long} dropped as longer than 64 tokens" in caplog.text
+    assert f"{too_long} dropped as longer than 65 tokens" in caplog.text
     assert f"{len(rows) - len(usable)} of {len(rows)} rows malformed" in caplog.text
     assert len(records(out, "train")) == 3 and len(records(out, "val")) == 2

@@ -3,7 +3,9 @@
 Prompt and response are tokenized separately, so the boundary between them is exact: labels are
 -100 on every prompt token and on padding, and real on the response and its EOS. GPT-2 pads with
 the EOS id, so padding is masked by position, never by id; masking EOS by id is how models learn
-never to stop. Examples longer than the block size are dropped, and counted.
+never to stop. An example of n tokens fills n - 1 input positions (its first token is never a
+target, its last never an input), so one of up to block + 1 tokens fits; longer ones are dropped,
+and counted.
 
 `SFTBatches` is the trainer's `BatchSource`: an endless stream of epochs, each a permutation of
 the train examples drawn from `(seed, epoch)`. Every rank walks the same global position and
@@ -60,8 +62,9 @@ def encode_examples(
 
 
 def filter_by_length(encoded: Sequence[Encoded], max_len: int) -> tuple[list[Encoded], int]:
-    """Keep examples of at most `max_len` tokens (prompt + response + EOS); count the rest."""
-    kept = [e for e in encoded if len(e) <= max_len]
+    """Keep examples whose inputs fit `max_len` positions (at most `max_len + 1` tokens of
+    prompt + response + EOS); count the rest."""
+    kept = [e for e in encoded if len(e) - 1 <= max_len]
     return kept, len(encoded) - len(kept)
 
 
@@ -255,8 +258,8 @@ def prepare(
     if not kept:
         longest = min(len(e) for e in encoded)
         raise ValueError(
-            f"--data {source}: all {len(encoded)} examples are longer than the block size "
-            f"{max_len} (the shortest has {longest} tokens)"
+            f"--data {source}: all {len(encoded)} examples are longer than {max_len + 1} tokens "
+            f"(block {max_len} + 1; the shortest has {longest})"
         )
     train, val = split(kept, val_fraction, split_seed)
     if not train:
@@ -281,13 +284,14 @@ def prepare(
         ),
     }
     log.info(
-        "%s: %d rows, %d malformed, %d dropped as longer than %d tokens -> %d train / %d val "
+        "%s: %d rows, %d malformed, %d dropped as longer than %d tokens (block + 1) -> "
+        "%d train / %d val "
         "examples, padded to %d (%s)",
         report.source,
         report.rows,
         report.malformed,
         too_long,
-        max_len,
+        max_len + 1,
         len(train),
         len(val),
         seq_len,
