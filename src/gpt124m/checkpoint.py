@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from gpt124m.atomic import atomic_path, atomic_write_text
 from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
+from gpt124m.errors import first_line
 from gpt124m.model import GPT
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,7 @@ def load_torch_bin(path: Path) -> dict[str, torch.Tensor]:
             "from a weights file (convert it to safetensors with a tool you trust)"
         ) from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: unreadable weights file ({first})") from None
+        raise ValueError(f"{path}: unreadable weights file ({first_line(e)})") from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt124m.errors import first_line
+
 log = logging.getLogger(__name__)
 
 # Hidden files and folders (.git, .cache, editor swap files, our own .tmp files) never go up.
@@ -99,9 +101,8 @@ def push(
     except ValueError:
         raise
     except Exception as e:  # offline, refused, a network error: many types, one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(
-            f"cannot push to {repo_id} on the Hugging Face Hub: {type(e).__name__}: {first}"
+            f"cannot push to {repo_id} on the Hugging Face Hub: {type(e).__name__}: {first_line(e)}"
         ) from None
 
 

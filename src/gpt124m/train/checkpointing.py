@@ -34,6 +34,7 @@ from gpt124m import collectives
 from gpt124m.atomic import atomic_write_text, fsync_dir, fsync_file
 from gpt124m.checkpoint import TIED_KEYS, WEIGHTS_NAME, load_safetensors, save_pretrained
 from gpt124m.data.shards import sha256_file as _sha256
+from gpt124m.errors import first_line
 from gpt124m.model import GPT
 from gpt124m.train import distributed
 
@@ -157,9 +158,8 @@ def _writing(tmp: Path, final: Path) -> Iterator[None]:
         yield
     except (RuntimeError, OSError, SafetensorError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OSError(
-            f"{final}: checkpoint not written ({reason}); is the disk full? The earlier "
+            f"{final}: checkpoint not written ({first_line(e)}); is the disk full? The earlier "
             "checkpoints are kept"
         ) from None
 
