@@ -301,13 +301,15 @@ def generate_text(
     cfg: GenerationConfig,
     *,
     compiled: bool = False,
+    allow_special: bool = True,
 ) -> list[str]:
     """Batched text-in, text-out generation; each completion is cut at the first stop string.
 
     `<|endoftext|>` in a prompt is the end-of-text token, as transformers' GPT-2 tokenizer and
-    nanoGPT's sample.py read it (alone, it is GPT-2's unconditional start); data preparation and
-    SFT examples keep it as text."""
-    encoded = [tokenizer.encode(p, allow_special=True) for p in prompts]
+    nanoGPT's sample.py read it (alone, it is GPT-2's unconditional start). `allow_special=False`
+    reads it as text, as data preparation and SFT examples do (an instruction template's
+    prompt)."""
+    encoded = [tokenizer.encode(p, allow_special=allow_special) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     for tokens, finished in decode_steps(model, encoded, cfg, compiled=compiled):
         # One read of each per step: indexing a GPU tensor row by row would wait for it B times.
@@ -333,15 +335,17 @@ def stream_text(
     cfg: GenerationConfig,
     *,
     compiled: bool = False,
+    allow_special: bool = True,
 ) -> Iterator[str]:
     """Yield the completion of one prompt piece by piece, as tokens are produced.
 
     Text is held back while it is an incomplete UTF-8 character or could be the start of a stop
-    string, so the concatenated pieces always equal `generate_text`'s result.
+    string, so the concatenated pieces always equal `generate_text`'s result (with the same
+    `allow_special`).
     """
     ids: list[int] = []
     emitted = 0
-    prompt_ids = [tokenizer.encode(prompt, allow_special=True)]
+    prompt_ids = [tokenizer.encode(prompt, allow_special=allow_special)]
     for tokens, _ in decode_steps(model, prompt_ids, cfg, compiled=compiled):
         t = int(tokens[0])
         if t == cfg.eos_token_id:

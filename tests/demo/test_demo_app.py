@@ -9,7 +9,7 @@ import pytest
 
 from gpt124m.cli import build_parser, main
 from gpt124m.demo.backend import DemoInputError, DemoModel, Limits, Sampling
-from gpt124m.generate import GenerationConfig, generate_text
+from gpt124m.generate import GenerationConfig, generate, generate_text
 from gpt124m.loading import load_model
 from gpt124m.tokenizer import get_tokenizer
 
@@ -258,3 +258,18 @@ def test_any_seed_in_range_runs_as_gpt124m_generate_runs_it(base, seed):
     expected = generate_text(base.model, base.tokenizer, ["hi"], cfg)[0]
     sampling = Sampling(8, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, seed=seed)
     assert list(base.complete("hi", sampling))[-1] == expected
+
+
+def test_instruct_reads_end_of_text_as_the_text_sft_trained_on(tiny_model):
+    """As `gpt124m chat`: `<|endoftext|>` in an instruction is text, as in the SFT examples."""
+    from gpt124m.sft.data import Example, encode_examples
+
+    tok = get_tokenizer()
+    instruction = "Say<|endoftext|>hi"
+    example = encode_examples([Example(instruction, "", "x")])[0]
+    trained = example.tokens[: example.prompt_len].tolist()
+    expected = tok.decode(generate(tiny_model, [trained], GenerationConfig(max_new_tokens=8))[0])
+    demo = DemoModel(tiny_model, tok)
+    assert list(demo.respond(instruction, "", Sampling(8, False)))[-1] == expected
+    as_prompt = list(demo.complete(tok.decode(trained), Sampling(8, False)))[-1]
+    assert as_prompt != expected  # precondition: a bare prompt reads the token

@@ -7,9 +7,11 @@ import torch
 from gpt124m.checkpoint import save_pretrained
 from gpt124m.cli import main
 from gpt124m.config import get_preset
-from gpt124m.generate import GenerationConfig
+from gpt124m.generate import GenerationConfig, generate
 from gpt124m.model import GPT
 from gpt124m.sft.chat import respond, trained_template
+from gpt124m.sft.data import Example, encode_examples
+from gpt124m.sft.template import format_prompt
 from gpt124m.tokenizer import get_tokenizer
 
 from ..conftest import needs_compiler
@@ -99,3 +101,18 @@ def test_flag_errors(untrained_dir, capsys):
     assert (
         main(["chat", "--model", str(untrained_dir.parent / "missing"), "--instruction", "x"]) == 2
     )
+
+
+def test_end_of_text_in_an_instruction_is_the_text_sft_trained_on(tiny_model, tok):
+    """An instruction is encoded as `gpt124m sft` encoded its examples: `<|endoftext|>` typed in
+    one is 7 characters of text, never the token that ends a document (as a bare prompt reads
+    it), so the model sees what tuning taught it."""
+    instruction = "Say<|endoftext|>hi"
+    example = encode_examples([Example(instruction, "", "x")])[0]
+    trained = example.tokens[: example.prompt_len].tolist()
+    cfg = GenerationConfig(max_new_tokens=8, eos_token_id=None)
+    expected = tok.decode(generate(tiny_model, [trained], cfg)[0])
+    special = tok.encode(format_prompt(instruction), allow_special=True)
+    assert special != trained
+    assert tok.decode(generate(tiny_model, [special], cfg)[0]) != expected  # precondition
+    assert "".join(respond(tiny_model, tok, instruction, cfg=cfg)) == expected

@@ -221,8 +221,8 @@ class DemoModel:
             seed=seed,
         )
 
-    def _check_length(self, prompt: str, what: str) -> None:
-        n = len(self.tokenizer.encode(prompt, allow_special=True))  # as generation encodes it
+    def _check_length(self, prompt: str, what: str, *, allow_special: bool = True) -> None:
+        n = len(self.tokenizer.encode(prompt, allow_special=allow_special))  # as generation will
         cap = self.limits.max_input_tokens
         if n > cap:
             raise DemoInputError(f"{what} is too long: {n:,} tokens; the limit is {cap:,} tokens.")
@@ -243,10 +243,14 @@ class DemoModel:
             raise DemoInputError("Enter an instruction first.")
         cfg = self.generation_config(sampling)
         prompt = format_prompt(instruction, input_text or "", self.template)
-        self._check_length(prompt, "The instruction and input (with the template)")
-        return _accumulate(
-            stream_text(self.model, self.tokenizer, prompt, cfg, compiled=self.compiled)
+        self._check_length(
+            prompt, "The instruction and input (with the template)", allow_special=False
         )
+        # `<|endoftext|>` typed here is text, as in the SFT examples the model was tuned on
+        pieces = stream_text(
+            self.model, self.tokenizer, prompt, cfg, compiled=self.compiled, allow_special=False
+        )
+        return _accumulate(pieces)
 
 
 def _whole(value) -> int | None:

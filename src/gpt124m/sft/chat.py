@@ -29,14 +29,16 @@ def respond(
 ) -> Iterator[str]:
     """Stream the response to one instruction; it ends at EOS (or the token budget).
 
-    The budget is capped so prompt plus response fit the model's block. `compiled` is
+    The prompt is encoded as SFT encoded its examples: `<|endoftext|>` typed in an instruction
+    is text, never the token that ends a document. The budget is capped so prompt plus
+    response fit the model's block. `compiled` is
     `stream_text`'s: a session of many answers compiles the decode step once per cache length
     (prompt plus budget, rounded up to 256 tokens), not once per answer.
     """
     if not instruction.strip():
         raise ValueError("the instruction is empty")
     prompt = format_prompt(instruction, input_text, template)
-    n_prompt = len(tokenizer.encode(prompt, allow_special=True))  # as generation encodes it
+    n_prompt = len(tokenizer.encode(prompt))
     room = model.config.block_size - n_prompt + 1  # the last token is never fed back
     if room < 1:
         raise ValueError(
@@ -46,4 +48,4 @@ def respond(
     asked = cfg.max_new_tokens is not None or cfg.max_length is not None
     budget = min(cfg.new_token_budget(n_prompt), room) if asked else room
     cfg = dataclasses.replace(cfg, max_new_tokens=budget, max_length=None)
-    return stream_text(model, tokenizer, prompt, cfg, compiled=compiled)
+    return stream_text(model, tokenizer, prompt, cfg, compiled=compiled, allow_special=False)
