@@ -54,7 +54,11 @@ def test_compiled_training_matches_eager_and_keeps_eval_and_sampling(tmp_path, f
     assert compiled["final_val_loss"] == pytest.approx(eager["final_val_loss"], abs=1e-4)
     # sampling gets the plain module (no recompiles per generated length) and still works
     assert len(sampled) == 2 and all(kind is GPT for kind, _ in sampled)
-    assert all(text.startswith("Hello") and len(text) > len("Hello") for _, text in sampled)
+    # and samples what the weights at that step sample, read back from its checkpoint
+    for step, (_, text) in zip((3, 6), sampled, strict=True):
+        saved = load_model(compiled_dir / "checkpoints" / f"step_{step:07d}")
+        assert text == sample_texts(saved, ["Hello"], max_new_tokens=4, seed=0)[0], step
+    assert sampled[0][1] != sampled[1][1]  # precondition: a step's weights show in its sample
     kinds = [json.loads(line)["kind"] for line in (compiled_dir / "metrics.jsonl").open()]
     assert kinds.count("samples") == 2 and kinds.count("val") == 3
 
