@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpt124m.data import builtin
 from gpt124m.data import shards as fmt
 from gpt124m.data.loader import TokenLoader, load_shard, validation_batches
 from gpt124m.data.prepare import PrepareConfig, prepare
@@ -331,12 +332,16 @@ def test_builtin_corpus_feeds_the_loader(tmp_path):
     assert manifest["settings"]["source"]["kind"] == "builtin"
     assert manifest["tokens"] == 300_000 and manifest["documents"] > 50
     assert manifest["splits"]["val"]["tokens"] == 20_000
-    tokens = all_tokens(out, manifest)
-    assert tokens[0] == get_tokenizer().eot_id and tokens.max() < 50257
-    text = get_tokenizer().decode(tokens[1:2000].tolist())
-    assert text.isprintable() or "\n" in text
+    # the shards hold the corpus's documents in order, each after an EOT, cut at max_tokens
+    tok = get_tokenizer()
+    expected: list[int] = []
+    for doc in builtin.documents():
+        expected += [tok.eot_id, *tok.encode(doc)]
+        if len(expected) >= 300_000:
+            break
+    assert all_tokens(out, manifest).tolist() == expected[:300_000]
     x, y = TokenLoader(out, batch_size=2, seq_len=64).next_batch()
-    assert x.shape == (2, 64)
+    assert x.shape == y.shape == (2, 64) and (x[:, 1:] == y[:, :-1]).all()
     assert len(list(validation_batches(out, batch_size=2, seq_len=64, max_tokens=1280))) == 10
 
 
