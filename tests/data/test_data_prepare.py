@@ -252,6 +252,24 @@ def test_a_local_hub_dataset_folder_is_read_as_the_hub_reads_it(tmp_path, monkey
     check(tmp_path / "out3", prepare(cfg(single, tmp_path / "out3", hf_config="sample-10BT")), DOCS)
 
 
+def test_a_local_hub_dataset_without_configs_reads_only_the_split_asked(tmp_path, monkeypatch):
+    """A card with no `configs:` leaves the splits to the files' names, as on the hub: `--split
+    train` must not read `data/test-*` into the validation shard (it sorts first)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    repo = tmp_path / "ds"
+    (repo / "data").mkdir(parents=True)
+    test_docs = [f"Held out: {d}" for d in reversed(DOCS)]
+    write_parquet(repo / "data" / "train-00000-of-00001.parquet", DOCS)
+    write_parquet(repo / "data" / "test-00000-of-00001.parquet", test_docs)
+    (repo / "README.md").write_text("---\nlicense: mit\n---\n# A dataset\n")
+    for split, docs in (("train", DOCS), ("test", test_docs)):
+        hub = [r["text"] for r in datasets.load_dataset(str(repo), split=split, streaming=True)]
+        assert hub == docs  # the reference: how `datasets` reads the folder
+        out = tmp_path / f"out-{split}"
+        check(out, prepare(cfg(repo, out, split=split)), docs)
+
+
 def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     (tmp_path / "a.txt").write_bytes("good \ufffd kept ".encode() + b"bad \xff\xfe and \xc3 end")
     (tmp_path / "b.txt").write_bytes(b"clean text")

@@ -51,21 +51,24 @@ def open_source(
     split_lines: bool = False,
 ) -> Source:
     """Resolve `source`: "builtin", an existing path/dir, a glob, else a hub dataset id. A
-    local copy of a hub dataset whose card declares configs is read as the hub would read it
-    (one config's files, not every file in the tree)."""
+    local copy of a hub dataset (a folder with a dataset card) is read as the hub would read it:
+    one config's files and one split's (`data/test-*` is not training data), not every file in
+    the tree."""
     if not source:
         raise ValueError("source is empty")
     if source == "builtin":
         return Source(builtin.describe(), lambda: ((d, 0) for d in builtin.documents()))
     configs = dataset_configs(Path(source))
-    if configs:
-        if hf_config not in configs:
+    if configs is not None:  # the card's configs, or the hub's file-name conventions
+        if configs and hf_config not in configs:
             if len(configs) > 1:
                 raise ValueError(
                     f"{source} is a Hugging Face dataset with configs {', '.join(configs)}; "
                     f"choose one with --hf-config (not {hf_config!r})"
                 )
             hf_config = configs[0]
+        elif not configs:  # splits by file name (`data/train-*`), under the one config
+            hf_config = None
         return open_hf(source, hf_config=hf_config, split=split, text_field=text_field)
     if Path(source).exists() or glob.has_magic(source):
         files = local_files(source)
@@ -88,21 +91,24 @@ def open_source(
     )
 
 
-def dataset_configs(path: Path) -> list[str]:
-    """The config names a local dataset folder's card (README.md front matter) declares."""
+def dataset_configs(path: Path) -> list[str] | None:
+    """The config names a local dataset folder's card (README.md front matter) declares; [] for
+    a card that declares none; None where `path` is no folder with a dataset card."""
     card = path / "README.md"
     if not card.is_file():
-        return []
+        return None
     text = card.read_text(encoding="utf-8", errors="replace")
     if not text.startswith("---"):
-        return []
+        return None
     import yaml
 
     try:
         meta = yaml.safe_load(text[3:].split("\n---", 1)[0])
     except yaml.YAMLError:
-        return []
-    entries = meta.get("configs") if isinstance(meta, dict) else None
+        return None
+    if not isinstance(meta, dict):
+        return None
+    entries = meta.get("configs")
     if not isinstance(entries, list):
         return []
     return [e["config_name"] for e in entries if isinstance(e, dict) and "config_name" in e]
