@@ -163,6 +163,28 @@ def test_json_array_reports_item_indexes_and_empty_results_are_errors(tmp_path):
         sft_examples.load_examples(str(tmp_path / "missing.json"))
 
 
+def test_the_hubs_parquet_copy_reads_as_its_json(tmp_path):
+    """tatsu-lab/alpaca is a parquet file on the hub (with a `text` column): downloaded, it
+    gives the examples the same rows give as JSON, malformed ones reported the same way."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [
+        {"instruction": "Name a colour.", "input": "", "output": "Blue.", "text": "..."},
+        {"instruction": "Add.", "input": "2 + 2", "output": "4", "text": "..."},
+        {"instruction": "Nothing to say.", "input": "", "output": " ", "text": "..."},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train-00000-of-00001.parquet")
+    (tmp_path / "same.json").write_text(json.dumps(rows))
+    got, report = sft_examples.load_examples(str(tmp_path / "train-00000-of-00001.parquet"))
+    want, json_report = sft_examples.load_examples(str(tmp_path / "same.json"))
+    assert got == want and len(got) == 2
+    assert report.rows == 3 and list(report.problems.values()) == [["row 2"]]
+    assert list(report.problems) == list(json_report.problems)
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match="bad.parquet: not a readable parquet file"):
+        sft_examples.load_examples(str(tmp_path / "bad.parquet"))
+
+
 def test_hub_source_goes_through_the_same_validation(monkeypatch):
     datasets = pytest.importorskip("datasets")
     rows = [{"instruction": "a", "input": "", "output": "b", "text": "..."}, {"instruction": "c"}]
@@ -181,7 +203,9 @@ def test_hub_source_goes_through_the_same_validation(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(ValueError, match="could not load tatsu-lab/alpaca .*local JSON/JSONL"):
+    with pytest.raises(
+        ValueError, match="could not load tatsu-lab/alpaca .*local JSON, JSONL or parquet"
+    ):
         sft_examples.load_examples("alpaca")
 
 

@@ -62,8 +62,8 @@ class SFTConfig(TrainConfig):
     data: str = option(
         "alpaca",
         (
-            "alpaca (tatsu-lab/alpaca from the Hub) or a local JSON/JSONL file of "
-            "instruction/input/output records"
+            "alpaca (tatsu-lab/alpaca from the Hub) or a local JSON, JSONL or parquet file "
+            "of instruction/input/output records"
         ),
     )
     method: str = option("full", "full (every weight) or lora (adapters; peft)", choices=METHODS)
@@ -161,7 +161,7 @@ class SFTConfig(TrainConfig):
         if not self.base:
             raise ValueError("--base is required: a model directory, hub id or preset name")
         if not self.data:
-            raise ValueError("--data is required: `alpaca` or a JSON/JSONL file")
+            raise ValueError("--data is required: `alpaca` or a JSON, JSONL or parquet file")
         for name, choices in (("method", METHODS), ("template", TEMPLATES), ("pad_to", PAD_TO)):
             if getattr(self, name) not in choices:
                 raise bad(name, f"choose from {', '.join(choices)}")

@@ -1,5 +1,6 @@
-"""Reading instruction data: Alpaca rows from the Hub or a local JSON/JSONL file, checked one by
-one, malformed rows skipped and reported by reason and location, never silently."""
+"""Reading instruction data: Alpaca rows from the Hub or a local JSON, JSONL or parquet file (the
+hub's own copy of Alpaca is parquet), checked one by one, malformed rows skipped and reported by
+reason and location, never silently."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt124m.errors import first_line
 from gpt124m.sft.config import ALPACA_HUB_ID
 
 log = logging.getLogger(__name__)
@@ -106,9 +108,24 @@ def _read_jsonl(text: str, report: LoadReport) -> list[tuple[str, Any]]:
     return rows
 
 
+def _read_parquet(path: Path) -> list[tuple[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"--data {path}: not a readable parquet file ({first_line(e)})") from None
+    return [(f"row {i}", row) for i, row in enumerate(table.to_pylist())]
+
+
 def _read_file(path: Path, report: LoadReport) -> list[tuple[str, Any]]:
     if not path.is_file():
-        raise FileNotFoundError(f"--data {path}: no such file (give `alpaca` or a JSON/JSONL file)")
+        raise FileNotFoundError(
+            f"--data {path}: no such file (give `alpaca` or a JSON, JSONL or parquet file)"
+        )
+    if path.suffix.lower() == ".parquet":
+        return _read_parquet(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not data
     except UnicodeDecodeError as e:
@@ -134,20 +151,21 @@ def _hub_rows() -> list[tuple[str, Any]]:
     except ImportError:
         raise ValueError(
             "--data alpaca needs the `datasets` package: pip install 'gpt124m[data]', "
-            "or pass a local JSON/JSONL file"
+            "or pass a local JSON, JSONL or parquet file"
         ) from None
     try:
         ds = datasets.load_dataset(ALPACA_HUB_ID, split="train")
     except Exception as e:
         raise ValueError(
             f"--data alpaca: could not load {ALPACA_HUB_ID} from the Hugging Face Hub "
-            f"({type(e).__name__}: {e}); pass a local JSON/JSONL file instead"
+            f"({type(e).__name__}: {e}); pass a local JSON, JSONL or parquet file instead"
         ) from None
     return [(f"row {i}", dict(row)) for i, row in enumerate(ds)]
 
 
 def load_examples(source: str) -> tuple[list[Example], LoadReport]:
-    """Examples from `alpaca` (the Hub) or a local JSON/JSONL file; malformed rows reported."""
+    """Examples from `alpaca` (the Hub) or a local JSON, JSONL or parquet file; malformed rows
+    reported."""
     name = ALPACA_HUB_ID if source == "alpaca" else str(source)
     report = LoadReport(name)
     rows = _hub_rows() if source == "alpaca" else _read_file(Path(source).expanduser(), report)
