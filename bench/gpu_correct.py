@@ -205,9 +205,11 @@ def torchrun(ctx: Context, results: Results) -> None:
             launcher + ["-m", "gpt124m"] + _train_argv(ctx, data, out, parallel=parallel, **flags)
         )
         # A hung run (NCCL) leaves time for the next one and for being stopped (15 s grace),
-        # but gets at least 30 s: a cold start (torch, CUDA, NCCL, then a gpt2 checkpoint and
-        # export) takes some 20.
-        timeout = max((ctx.seconds_left() - 15) / (len(runs) - i), 30)
+        # but gets at least 30 s (a cold start: torch, CUDA, NCCL, then a gpt2 checkpoint and
+        # export, takes some 20) where the section has them: never more than it has, so that
+        # the run is stopped, and its row written, before the section's own alarm.
+        left = ctx.seconds_left() - 15
+        timeout = max(min(max(left / (len(runs) - i), 30), left), 1)
         code, output = run_command(
             argv,
             timeout=min(timeout, 240),

@@ -10,7 +10,6 @@ import torch
 from _baseline import transformers_gpt2
 from generate import copy_bandwidth  # bench/generate.py
 from gpu_common import Context, RandomBatches, Results, add_row, sync, time_steps, train_records
-from gpu_profile import attention_backends, kernel_time, split_heads
 
 from gpt124m.config import GPT2_VOCAB_SIZE, get_preset
 from gpt124m.device import autocast as autocast_context
@@ -22,9 +21,6 @@ from gpt124m.train.optim import build_adamw
 from gpt124m.train.trainer import fit
 
 BATCH_TOKENS_OF_THE_SEED = 589_824  # gpt124m-fineweb-edu: 576 sequences of 1024 per step
-# Profiling a configuration only while this much of the section is left, so that it never costs
-# the rows after it their time.
-PROFILE_RESERVE_S = 75
 
 
 def shapes(ctx: Context) -> dict:
@@ -95,19 +91,6 @@ def throughput(ctx: Context, results: Results) -> None:
     # Contiguous, as the trainer's batches are: the compiled graph (and Inductor's cache entry,
     # which fit() below can then reuse) depends on the strides.
     inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
-    results["flash_attention"] = flash_attention_runs(config, inputs, targets, device, dtype)
-    results.headline("training attention can run on the flash kernel", results["flash_attention"])
-    results["attention_backend"] = sdpa_choice(config, s["batch"], s["seq"], device, dtype)
-    results.headline("SDPA's own choice for training attention", results["attention_backend"])
-    rows = attention_backends(s["batch"], s["seq"], config.n_head, config.head_dim, device, dtype)
-    results.table("attention backends (fwd+bwd)", rows)
-    timed = [r for r in rows[1:] if r["fwd+bwd ms"] is not None]
-    if timed and rows[0]["fwd+bwd ms"] is not None:
-        best = max(timed, key=lambda r: r["speed vs default"])
-        results.headline(
-            "fastest attention backend alone vs SDPA's choice",
-            f"{best['backend']} {best['speed vs default']:.2f}x",
-        )
     rates, failed = {}, {}
 
     def record_failure(name: str, e: Exception) -> None:
@@ -120,7 +103,7 @@ def throughput(ctx: Context, results: Results) -> None:
         model = forward = step = None
         try:  # one configuration failing (out of memory, a compile error) leaves the others
             torch.manual_seed(0)
-            model, forward = _configuration(impl, compiled, config, inputs, targets, ctx)
+            model, forward = configuration(impl, compiled, config, inputs, targets, ctx)
             step = training_step(model, forward, device, dtype)
             t = time_steps(
                 step, device, warmup=s["warmup"], windows=s["windows"], per_window=s["per_window"]
@@ -153,25 +136,6 @@ def throughput(ctx: Context, results: Results) -> None:
         results["ratio_compiled"] = ratio
         results.headline("gpt124m / transformers, both compiled", f"{ratio:.2f}x")
     measure("transformers", False)
-    # Profiles last, each of a configuration built again (Dynamo's and Inductor's caches hold
-    # its compile): a profiler session can leave CUPTI hooked in, slowing the kernels timed
-    # after it (pytorch/pytorch#144455), so no timed row may follow one.
-    for impl in ("gpt124m", "transformers"):
-        name = f"{impl} + compile"
-        if name not in rates or ctx.seconds_left() <= PROFILE_RESERVE_S:
-            continue
-        model = forward = step = None
-        try:
-            torch.manual_seed(0)
-            model, forward = _configuration(impl, True, config, inputs, targets, ctx)
-            step = training_step(model, forward, device, dtype)
-            step()  # warm: the profile is of steady steps
-            profiled(results, name, step, device)
-        except Exception as e:
-            _profile_failed(results, name, e)
-        finally:
-            del model, forward, step
-            ctx.cleanup_device()
     if failed:
         raise RuntimeError("; ".join(f"{name}: {error}" for name, error in failed.items()))
 
@@ -188,7 +152,7 @@ def fit_row(ctx: Context, s: dict, results: Results, fpt, datasheet, measured) -
     )
 
 
-def _configuration(impl, compiled, config, inputs, targets, ctx: Context):
+def configuration(impl, compiled, config, inputs, targets, ctx: Context):
     """(model, forward) of one row: ours or transformers' GPT-2, eager or compiled."""
     if impl == "gpt124m":
         model = GPT(config).to(ctx.device).train()
@@ -197,60 +161,6 @@ def _configuration(impl, compiled, config, inputs, targets, ctx: Context):
     model = transformers_gpt2(config, unpadded_training=True).to(ctx.device).train()
     run = _compile(model, ctx) if compiled else model
     return model, lambda: run(inputs, labels=inputs).loss
-
-
-def _profile_failed(results: Results, name: str, e: Exception) -> None:
-    results["profile_failed"] = {**results.get("profile_failed", {}), name: repr(e)[:300]}
-
-
-def profiled(results: Results, name: str, step, device: torch.device) -> None:
-    """The kernel-time breakdown of a warm configuration; a profiler failure is recorded, and
-    costs the configuration nothing."""
-    try:
-        profile = kernel_time(step, device)
-    except Exception as e:
-        _profile_failed(results, name, e)
-        return
-    busy = profile["device_busy"]
-    if busy is not None:
-        results["device_busy"] = {**results.get("device_busy", {}), name: busy}
-    shares = ", ".join(f"{r['kind']} {r['share']:.0%}" for r in profile["kinds"][:4])
-    results.headline(
-        f"time by kind, {name}", shares + ("" if busy is None else f"; device busy {busy:.0%}")
-    )
-    results.table(f"time by kind: {name}", profile["kinds"])
-    results.table(f"largest kernels: {name}", profile["top"])
-
-
-def flash_attention_runs(config, inputs, targets, device, dtype) -> bool | str:
-    """Does a training step of our model run with SDPA limited to the flash kernel? (It refuses
-    if the model passed an explicit mask or the dtype does not suit flash attention.)"""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    model = GPT(config).to(device).train()
-    try:
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), autocast_context(device, dtype):
-            _, loss = model(inputs[:1], targets[:1], return_logits=False)
-        loss.backward()
-        return True
-    except RuntimeError as e:
-        return f"no: {str(e).splitlines()[0][:200]}"
-
-
-def sdpa_choice(config, batch: int, seq: int, device, dtype) -> str:
-    """The kernel SDPA picks by default for the models' causal training attention: q, k and v
-    split from one fused projection, as both models make them (on Hopper, recent torch prefers
-    cuDNN's attention to flash for that layout). The profile's attention kernels confirm it."""
-    from torch.nn.attention import SDPBackend
-
-    c, h = config.n_embd, config.n_head
-    # requires_grad: SDPA's choice for training also checks the backward's constraints
-    qkv = torch.randn(batch, seq, 3 * c, device=device, dtype=dtype, requires_grad=True)
-    q, k, v = split_heads(qkv, h)
-    try:
-        return SDPBackend(torch._fused_sdp_choice(q, k, v, is_causal=True)).name.lower()
-    except (AttributeError, RuntimeError, ValueError) as e:  # a private function: may change
-        return f"unknown ({type(e).__name__})"
 
 
 def _row(name, t, rate, fpt, datasheet, measured) -> dict:

@@ -70,3 +70,36 @@ def test_compiled_decoding_starts_no_compile_the_time_left_cannot_finish(tmp_pat
     results = bench_module("gpu_common").Results(lambda: None)
     gpu_infer.decode_compiled(ctx, results)
     assert compiles == [] and results["skipped"] == {1: "out of time"}
+
+
+def test_optional_sections_leave_the_issues_later_sections_their_time(tmp_path, monkeypatch):
+    """The issue's sections keep the least time each later one needs: an optional section that
+    would eat into it is skipped, an asked-for one runs, shortened to what the others leave."""
+    gpu = bench_module("gpu")
+    budgets = {}
+
+    def note(ctx, results):  # whole seconds, rounded down as the alarm's are
+        budgets[ctx.current] = ctx.section_deadline - time.monotonic()
+
+    running = ["throughput", "kernels", "torchrun", "card_24gb"]
+    for name in running:
+        monkeypatch.setitem(gpu.SECTIONS, name, ("fake_section", "note", 300, 20))
+    monkeypatch.setitem(sys.modules, "fake_section", types.SimpleNamespace(note=note))
+    assert gpu.reserve_after("throughput", running) == 40  # torchrun + card_24gb, not kernels
+    assert gpu.reserve_after("kernels", running) == 40
+    assert gpu.reserve_after("card_24gb", running) == 0
+    ctx = _context(tmp_path, 100)
+    for name in ("throughput", "kernels"):
+        ctx.current = name
+        gpu.run_section(ctx, name, 300, reserve=gpu.reserve_after(name, running))
+    assert 58 < budgets["throughput"] <= 60  # 100 s left, 40 kept
+    assert ctx.report["sections"]["kernels"]["status"] == "ok" and 58 < budgets["kernels"] <= 60
+    ctx.deadline = time.monotonic() + 50  # 50 s left: kernels may not take the 40 kept
+    gpu.run_section(ctx, "kernels", 300, reserve=40)
+    assert ctx.report["sections"]["kernels"]["status"] == "skipped"
+    assert "40 of them kept" in ctx.report["sections"]["kernels"]["error"]
+    ctx.current = "torchrun"  # an asked-for one runs on the least it needs, eating into the 20
+    ctx.deadline = time.monotonic() + 30  # kept for card_24gb
+    gpu.run_section(ctx, "torchrun", 300, reserve=20)
+    assert ctx.report["sections"]["torchrun"]["status"] == "ok"
+    assert 18 < budgets["torchrun"] <= 20
