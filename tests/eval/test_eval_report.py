@@ -3,6 +3,7 @@ counts in the table and on the chart, error bars only on results computed in the
 
 import math
 
+import matplotlib.pyplot as plt
 import pytest
 from matplotlib.container import ErrorbarContainer
 
@@ -45,6 +46,16 @@ def test_wilson_interval_inverts_the_score_test(k, n):
     ref_lo, ref_hi = score_test_bounds(k, n)
     assert lo == pytest.approx(ref_lo, abs=1e-9) and hi == pytest.approx(ref_hi, abs=1e-9)
     assert lo <= k / n <= hi
+
+
+@pytest.mark.parametrize("n", range(1, 41))
+def test_all_wrong_or_all_right_bounds_are_exactly_zero_and_one(n):
+    """A few items (`--limit 7`) can all be wrong: the bound is the proportion itself, not 1e-17
+    past it, so the chart's error bar is never negative."""
+    assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+    for k in (0, n):
+        rows = comparison_rows({"completion": {"acc_norm": k / n, "acc": k / n, "n": n}}, "m")
+        plt.close(comparison_figure(rows))  # matplotlib refuses a negative xerr
 
 
 def test_twenty_items_give_a_wide_interval():

@@ -61,7 +61,9 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The interval holds p; at 0 and 1 its bound is p itself, which rounding can miss by 1e-17
+    # (a negative error bar, which matplotlib refuses).
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def comparison_rows(
