@@ -87,6 +87,9 @@ def train_argv(inputs, *flags) -> list[str]:
         (["--precision", "fp12"], ["--precision: invalid choice: 'fp12'", "fp32"]),
         (["--max-lr", "-1"], ["--max-lr -1.0: must be positive"]),
         (["--max-lr", "1e-4", "--min-lr", "1e-3"], ["--min-lr 0.001", "--max-lr"]),
+        # 650 GiB of weights: refused before a byte is allocated (the kernel killed it silently)
+        (["--model", "gpt3-175b"], ["gpt3-175b: its fp32 weights alone need 65", "available"]),
+        (["--model", "~nobody_here/model"], ["~nobody_here/model: no user 'nobody_here'"]),
     ],
 )
 def test_train_bad_input(tmp_path, inputs, flags, expected):
@@ -226,3 +229,63 @@ def test_a_run_never_writes_its_model_over_the_one_it_starts_from(tmp_path, inpu
     flag = "--model" if command == "train" else "--base"
     previous = ("model/model.safetensors", "model/config.json")
     fails_cleanly(tmp_path, argv, f"{flag} {source}: this run writes its model", previous=previous)
+
+
+def test_a_preset_is_built_only_where_its_weights_fit(monkeypatch):
+    from gpt124m import device
+    from gpt124m.config import get_preset
+    from gpt124m.loading import fresh_model
+
+    need = get_preset("tiny").memory_bytes()["fp32_weights"]
+    monkeypatch.setattr(device, "available_host_memory", lambda: need - 1)
+    with pytest.raises(ValueError, match="tiny: its fp32 weights alone need"):
+        fresh_model("tiny")
+    monkeypatch.setattr(device, "available_host_memory", lambda: need)
+    assert fresh_model("tiny").num_params() * 4 == need
+    monkeypatch.setattr(device, "available_host_memory", lambda: None)  # unknown: no check
+    fresh_model("tiny")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "held"),
+    [("n_layer", 100_000, 2), ("n_embd", 2**40, 32), ("block_size", 96, 64)],
+)
+def test_a_config_that_contradicts_its_weights_is_refused_before_building(
+    tmp_path, tiny_model_dir, key, value, held
+):
+    """A hand-edited config.json: 100,000 layers took minutes to build before being refused;
+    a width of 2**40 overflowed torch's size arithmetic in a 46-line traceback."""
+    import shutil
+    import time
+
+    bad = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, bad)
+    config = json.loads((bad / "config.json").read_text())
+    assert config["model"][key] == held  # precondition: the tiny preset's own value
+    config["model"][key] = value
+    (bad / "config.json").write_text(json.dumps(config))
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt124m", "generate", "--model", str(bad), "--prompt", "Hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == (
+        f"gpt124m generate: error: {bad / 'model.safetensors'}: the config's {key} is {value:,}, "
+        f"but the weights have "
+        f"{held:,}"
+    )
+    assert time.monotonic() - start < 60
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tiny_model_dir):
+    """`gpt124m generate ... | head -c1`: the reader has gone; no 'Broken pipe' error, exit 0."""
+    argv = [sys.executable, "-m", "gpt124m", "generate", "--model", str(tiny_model_dir)]
+    argv += ["--prompt", "Hi", "--max-new-tokens", "40", "--num-samples", "3"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before anything is written: the first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err, err

@@ -109,6 +109,7 @@ def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor], source
             f"{source}: lm_head.weight differs from transformer.wte.weight (an untied output "
             "head); gpt124m models tie them, so this checkpoint is not supported"
         )
+    _check_shape(config, state_dict, source)
     rows = config.padded_vocab_size
     if wte is not None and wte.dim() == 2 and wte.size(0) == config.vocab_size < rows:
         pad = wte.new_zeros(rows - wte.size(0), wte.size(1))
@@ -137,6 +138,29 @@ def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor], source
     model.load_state_dict(state_dict, strict=False, assign=True)
     model.lm_head.weight = model.transformer.wte.weight
     return model
+
+
+def _check_shape(config: ModelConfig, state_dict: dict[str, torch.Tensor], source: Path) -> None:
+    """The config's depth, width and context against the weights, before a model is built: a
+    config that says 100,000 layers would take minutes to build (even on the meta device) only
+    to be refused, and an absurd width overflows torch's size arithmetic."""
+    layers = {k.split(".")[2] for k in state_dict if k.startswith("transformer.h.")}
+    held = {
+        "n_layer": len(layers),
+        "n_embd": _size(state_dict, "transformer.wte.weight", 1),
+        "block_size": _size(state_dict, "transformer.wpe.weight", 0),
+    }
+    for key, value in held.items():
+        if value is not None and value != getattr(config, key):
+            raise ValueError(
+                f"{source}: the config's {key} is {getattr(config, key):,}, but the weights "
+                f"have {value:,}"
+            )
+
+
+def _size(state_dict: dict[str, torch.Tensor], key: str, dim: int) -> int | None:
+    tensor = state_dict.get(key)
+    return tensor.size(dim) if tensor is not None and tensor.dim() == 2 else None
 
 
 def config_for_rows(rows: int, **shape: int) -> ModelConfig:

@@ -118,3 +118,23 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, oom) or (
         isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
     )
+
+
+def available_host_memory() -> int | None:
+    """Bytes of host memory a new allocation can have: the kernel's MemAvailable, or less where
+    a cgroup (a container) caps the process; None where neither can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        root = Path("/sys/fs/cgroup")
+        limit = (root / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((root / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None

@@ -37,7 +37,7 @@ def resolve_source(source: str | os.PathLike, *, config_only: bool = False) -> P
     one line, without touching the network. `config_only` fetches just `config.json` from the
     hub (enough to describe a model).
     """
-    path = Path(source).expanduser()
+    path = _expanded(str(source))
     if path.is_dir():
         return path
     text = str(source)
@@ -55,10 +55,19 @@ def resolve_source(source: str | os.PathLike, *, config_only: bool = False) -> P
             f"{source}: no such model directory, and not a hub id (hub ids read owner/name, "
             "e.g. openai-community/gpt2)"
         )
-    first = Path(text.split("/", 1)[0]).expanduser()
+    first = _expanded(text.split("/", 1)[0])
     if text.startswith((".", "/", "~")) or first.is_dir() or not _is_repo_id(text):
         raise FileNotFoundError(f"{source}: no such model directory")
     return _download(text, config_only=config_only)
+
+
+def _expanded(text: str) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # `~name/...` for a user this machine does not have
+        raise FileNotFoundError(
+            f"{text}: no such model directory (no user {text.split('/')[0][1:]!r} here)"
+        ) from None
 
 
 def _download(repo_id: str, *, config_only: bool) -> Path:
@@ -108,6 +117,25 @@ def _source_kind(model_dir: Path, data: dict[str, Any]) -> str:
         f"GPT-2 checkpoint or the seed's custom_gpt format; model_type="
         f"{data.get('model_type')!r})"
     )
+
+
+def fresh_model(preset: str, *, dropout: float = 0.0, seed: int = 0) -> GPT:
+    """A preset at GPT-2 init (seeded), refused in one line where its fp32 weights alone do not
+    fit the host's memory (`gpt3-175b` needs 650 GiB: the kernel would kill the process with no
+    word, minutes in)."""
+    from gpt124m.config import PRESETS
+    from gpt124m.device import available_host_memory
+
+    config = dataclasses.replace(PRESETS[preset].config, dropout=dropout)
+    need, have = config.memory_bytes()["fp32_weights"], available_host_memory()
+    if have is not None and need > have:
+        raise ValueError(
+            f"{preset}: its fp32 weights alone need {need / 2**30:,.1f} GiB, and this machine "
+            f"has {have / 2**30:,.1f} GiB of memory available (`gpt124m info --preset {preset}` "
+            "shows what training needs)"
+        )
+    torch.manual_seed(seed)
+    return GPT(config)
 
 
 def model_config(source: str | os.PathLike) -> ModelConfig:

@@ -3,8 +3,10 @@ the val split is explained once, and $GPT124M_MAX_STEPS caps a run."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -80,3 +82,47 @@ def test_max_steps_environment_variable_caps_the_run(data_dir, tmp_path):
     bad = train(data_dir, tmp_path / "bad", env={"GPT124M_MAX_STEPS": "lots"})
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "GPT124M_MAX_STEPS='lots': must be a positive number of steps" in bad.stderr
+
+
+def test_sigterm_stops_like_ctrl_c_and_says_where_to_resume(data_dir, tmp_path):
+    """A scheduler's stop (SIGTERM) ends the run with one line and the checkpoint to resume
+    from, not silently mid-line; `--resume auto` then continues."""
+    out = tmp_path / "run"
+    argv = [
+        sys.executable, "-m", "gpt124m", "train", "--model", "tiny", "--data-dir", str(data_dir),
+        "--out-dir", str(out), "--seq-len", "16", "--micro-batch-size", "2",
+        "--total-batch-tokens", "32", "--warmup-steps", "1", "--sample-every", "0",
+        "--eval-every", "0", "--precision", "fp32", "--max-steps", "100000",
+        "--checkpoint-every", "3", "--log-every", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    watchdog = threading.Timer(240, proc.kill)  # a run that never logs step 4 fails, not hangs
+    watchdog.start()
+    seen = []
+    try:
+        for line in proc.stdout:  # the step lines
+            seen.append(line)
+            if line.startswith("step      4/"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+        code = proc.returncode
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    said = "".join(seen) + rest
+    assert code == 128 + signal.SIGTERM, said
+    assert "Traceback" not in said and rest.rstrip().endswith("gpt124m train: terminated"), said
+    stopped = next(line for line in rest.splitlines() if line.startswith("stopped at step"))
+    step = int(stopped.split()[3].rstrip(";"))
+    last = max(p.name for p in (out / "checkpoints").iterdir())
+    assert step >= 4 and f"the last checkpoint is {out / 'checkpoints' / last}" in stopped, said
+    resumed = train(data_dir, out, "--max-steps", str(step + 1), "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {out / 'checkpoints' / last} at step" in resumed.stderr

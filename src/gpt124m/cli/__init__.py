@@ -7,11 +7,15 @@ Each module in this package is one subcommand and defines NAME, HELP, `add_argum
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import threading
+from pathlib import Path
 
 # PyTorch's own switch, read once, at its first CPU allocation: CPU tensors of 2 MB and more get
 # transparent huge pages. A training step's largest temporaries (the logits and their gradient,
@@ -80,14 +84,68 @@ def main(argv: list[str] | None = None) -> int:
         sys.version.split()[0],
         " ".join(argv or sys.argv[1:]),
     )
+    previous = _terminate_as_interrupt()
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:  # `gpt124m generate ... | head`: the reader has what it wanted
+        _silence_stdout()
+        return 0
     except (ValueError, OSError) as e:  # bad input, and a full disk or a file in the way
         print(f"gpt124m {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if not str(e).startswith("Could not determine home directory"):
+            raise
+        # pathlib's expanduser met `~name/...` for a user this machine does not have
+        print(f"gpt124m {args.command}: error: {_unknown_home(argv)}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print(f"gpt124m {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"gpt124m {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _unknown_home(argv: list[str] | None) -> str:
+    """Which argument names a home directory that does not exist (pathlib's error does not)."""
+    for arg in argv if argv is not None else sys.argv[1:]:
+        value = arg.split("=", 1)[-1]
+        if value.startswith("~"):
+            try:
+                Path(value).expanduser()
+            except RuntimeError:
+                user = value[1:].split("/", 1)[0]
+                return f"{value}: no user {user!r} on this machine, so no ~{user} folder"
+    return "a path names the home folder of a user this machine does not have"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`, torchrun stopping its workers) as an interrupt: the
+    run stops as Ctrl-C stops it, saying where to resume, instead of vanishing mid-line."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def _terminate_as_interrupt():
+    """Install the SIGTERM handler; the one it replaces (None off the main thread, where
+    signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush, into the closed pipe,
+    does not print a second error."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _version() -> str:

@@ -43,11 +43,10 @@ VAL_SHARE = 3  # validation reads at most a third of the tokens trained on
 def load_base(source: str, *, dropout: float = 0.0, seed: int = 0) -> GPT:
     """The model to tune: a model directory / hub id, or a preset name (random init)."""
     from gpt124m.config import PRESETS
-    from gpt124m.loading import load_for_training
+    from gpt124m.loading import fresh_model, load_for_training
 
     if source in PRESETS:
-        torch.manual_seed(seed)
-        return GPT(dataclasses.replace(PRESETS[source].config, dropout=dropout))
+        return fresh_model(source, dropout=dropout, seed=seed)
     return load_for_training(source, dropout=dropout)
 
 

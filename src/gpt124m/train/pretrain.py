@@ -4,7 +4,6 @@ shared loop, leaving checkpoints and a final model directory. SFT's counterpart 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -81,10 +80,9 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
 def initial_model(cfg: TrainConfig) -> GPT:
     """A preset at GPT-2 init (seeded), or an existing model to train further."""
     from gpt124m.config import PRESETS
+    from gpt124m.loading import fresh_model, load_for_training
 
-    torch.manual_seed(cfg.seed)
     if cfg.model in PRESETS:
-        return GPT(dataclasses.replace(PRESETS[cfg.model].config, dropout=cfg.dropout))
-    from gpt124m.loading import load_for_training
-
+        return fresh_model(cfg.model, dropout=cfg.dropout, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
     return load_for_training(cfg.model, dropout=cfg.dropout)

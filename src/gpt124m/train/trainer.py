@@ -178,6 +178,21 @@ class _Run:
         }
 
     # -- the loop ------------------------------------------------------------------------------
+    def say_how_to_resume(self) -> None:
+        stepper = getattr(self, "stepper", None)
+        if not self.info.is_main or stepper is None:
+            return
+        saved = checkpointing.list_checkpoints(self.checkpointer.root)
+        if saved:
+            log.warning(
+                "stopped at step %d; the last checkpoint is %s: the same command with "
+                "--resume auto continues from it",
+                stepper.step,
+                saved[-1],
+            )
+        else:
+            log.warning("stopped at step %d, before this run wrote a checkpoint", stepper.step)
+
     def loop(self) -> dict[str, Any]:
         cfg, info, stepper = self.cfg, self.info, self.stepper
         if info.is_main:
@@ -308,6 +323,9 @@ def fit(
     try:
         run.prepare()
         return run.loop()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI raises it for both)
+        run.say_how_to_resume()
+        raise
     finally:
         run.metrics.close()
         if run.claim is not None:
