@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from gpt124m.checkpoint import read_config
 from gpt124m.cli import main
 from gpt124m.config import GPT2_VOCAB_SIZE
 from gpt124m.generate import GenerationConfig, generate_text
@@ -18,6 +19,8 @@ from gpt124m.hf import export as export_mod
 from gpt124m.hf.export import AUTO_MAP, NETWORK_FILE, REMOTE_FILES, export
 from gpt124m.loading import load_model
 from gpt124m.tokenizer import EOT_ID, get_tokenizer
+
+from ..conftest import snapshot
 
 REMOTE = importlib.resources.files("gpt124m.hf") / "remote"
 
@@ -211,7 +214,7 @@ def test_metadata_that_would_change_transformers_settings_is_not_carried(
 def test_the_tuning_template_survives_an_export_of_an_export(native_model, tmp_path):
     """`chat` and the demo answer in the template a model was tuned with, read from its config:
     a GPT-2 export, exported again, must still say which."""
-    from gpt124m.checkpoint import read_config, save_pretrained
+    from gpt124m.checkpoint import save_pretrained
     from gpt124m.sft.chat import trained_template
 
     sft = {"template": "alpaca", "method": "full"}
@@ -222,16 +225,42 @@ def test_the_tuning_template_survives_an_export_of_an_export(native_model, tmp_p
         assert trained_template(read_config(again)) == "alpaca", fmt
 
 
-def test_export_refuses_a_non_empty_destination_unless_forced(native_dir, tmp_path):
+def test_force_replaces_an_earlier_export_only(native_dir, gpt2_dir, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
-    with pytest.raises(ValueError, match="not empty; pass --force"):
+    shutil.copytree(gpt2_dir, out)
+    with pytest.raises(ValueError, match="holds an earlier export; pass --force"):
         export(native_dir, out)
-    export(native_dir, out, force=True)
-    assert not (out / "stale.txt").exists()
-    assert (out / "model.safetensors").is_file()
+    assert snapshot(out) == snapshot(gpt2_dir)
+    export(native_dir, out, force=True)  # a gpt2 export, replaced by a remote-code one
+    assert read_config(out)["model_type"] == "gpt124m" and (out / NETWORK_FILE).is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or backup left
+    export(native_dir, out, fmt="gpt2", force=True)  # and back
+    assert read_config(out)["model_type"] == "gpt2" and not (out / NETWORK_FILE).exists()
+
+
+def test_force_never_deletes_a_folder_that_is_not_an_export(native_dir, remote_dir, tmp_path):
+    """A folder of training runs, a model directory the trainer wrote, an export with a file
+    added: `--force` refuses each, naming why, and leaves every file as it was."""
+    runs = tmp_path / "runs"
+    for run in ("a", "b"):
+        shutil.copytree(native_dir, runs / run / "checkpoints" / "step_0000010")
+        (runs / run / "metrics.jsonl").write_text('{"step": 10}\n')
+    with_notes = tmp_path / "notes"
+    shutil.copytree(remote_dir, with_notes)
+    (with_notes / "notes.txt").write_text("mine")
+    trained = tmp_path / "trained"
+    shutil.copytree(native_dir, trained)  # only names an export writes, but no export's config
+    cases = [
+        (runs, "holds a, a folder"),
+        (with_notes, "holds notes.txt, which an export never writes"),
+        (trained, "its config.json is not an export's"),
+    ]
+    for out, why in cases:
+        before = snapshot(out)
+        with pytest.raises(ValueError, match=f"not an earlier export \\({why}"):
+            export(remote_dir, out, force=True)
+        assert snapshot(out) == before, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "runs", "trained"]
 
 
 def test_failed_export_leaves_nothing_behind(native_dir, tmp_path, monkeypatch):
@@ -279,7 +308,18 @@ def test_export_cli(native_dir, tmp_path, capsys):
     made.mkdir()
     assert out.stat().st_mode & 0o777 == made.stat().st_mode & 0o777
     assert main(["export", str(native_dir), str(out)]) == 2
-    assert "not empty; pass --force" in capsys.readouterr().err
+    assert "holds an earlier export; pass --force" in capsys.readouterr().err
+    runs = tmp_path / "runs"
+    (runs / "run1" / "checkpoints").mkdir(parents=True)
+    (runs / "run1" / "metrics.jsonl").write_text("{}\n")
+    assert main(["export", str(native_dir), str(runs), "--force"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"gpt124m export: error: {runs}: exists and is not an earlier export (holds run1, a "
+        "folder; an export writes plain files only); --force replaces only an export: choose "
+        "another OUT_DIR"
+    )
+    assert (runs / "run1" / "metrics.jsonl").read_text() == "{}\n"
 
 
 def test_a_padded_batch_scores_each_row_as_alone_in_the_gpt2_export(hf_env, gpt2_dir):

@@ -17,7 +17,8 @@ class ExportOptions:
         help="model directory, exported directory, GPT-2 directory or hub id", positional=True
     )
     out_dir: str = option(
-        help="directory to write (must be empty or absent unless --force)", positional=True
+        help="directory to write: absent, empty, or an earlier export with --force",
+        positional=True,
     )
     format: str = option(
         "remote-code",
@@ -33,7 +34,12 @@ class ExportOptions:
         repeat=True,
     )
     base_model: str | None = option(None, "hub id of the model this one was fine-tuned from")
-    force: bool = option(False, "replace a non-empty OUT_DIR")
+    force: bool = option(
+        False,
+        "replace OUT_DIR if it is an earlier export: plain files that export writes only, and "
+        "an export's config.json (model_type gpt124m or gpt2); any other folder, such as "
+        "a run's with checkpoints/ or metrics.jsonl, is refused and left as it was",
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

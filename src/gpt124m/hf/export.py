@@ -39,13 +39,16 @@ from gpt124m.checkpoint import (
 )
 from gpt124m.config import GPT2_VOCAB_SIZE, ModelConfig
 from gpt124m.hf.card import CardInfo, render_card
+from gpt124m.hf.destination import check_destination, move_into_place
 from gpt124m.hf.gpt2 import CONV1D_SUFFIXES
 from gpt124m.hf.hub import check_repo_id
 from gpt124m.hf.layout import (  # noqa: F401  (re-exported: the export's names)
     ARCHITECTURE,
+    ARTEFACTS,
     AUTO_MAP,
     DEFAULT_REPO_ID,
     FORMATS,
+    GPT2_ARCHITECTURE,
     MODEL_TYPE,
     NETWORK_FILE,
     REMOTE_FILES,
@@ -57,8 +60,6 @@ from gpt124m.tokenizer import EOT, EOT_ID, get_tokenizer
 log = logging.getLogger(__name__)
 
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which gpt124m.model uses
-# Run artefacts the trainer leaves in a model directory; the card links the images.
-ARTEFACTS = ("summary.json", "curves.png", "hellaswag.png")
 _RUN_KEYS = ("training", "results", "sft")  # what an export of a GPT-2 directory carries on
 # transformers' own config settings: run metadata under these names would change how it loads.
 _HF_RESERVED = {
@@ -95,7 +96,8 @@ def export(
     """Export any model source (our directory, an export, a GPT-2 directory, a hub id).
 
     `repo_id` is the name the model card's usage snippets load; `datasets` and `base_model`
-    default to what the run's metadata records. Refuses a non-empty OUT_DIR unless `force`.
+    default to what the run's metadata records. A non-empty OUT_DIR must be an earlier export,
+    replaced only with `force` (`gpt124m.hf.destination`).
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -111,7 +113,7 @@ def export(
             raise ValueError(f"{flag} {value!r}: a local path; the card names hub repos only")
     model_dir = resolve_source(source)
     out = Path(out_dir).expanduser()
-    _check_destination(out, model_dir, force)
+    check_destination(out, model_dir, force)
     source_config = read_config(model_dir)
     model = load_model(model_dir)
     if model.config.vocab_size > GPT2_VOCAB_SIZE:
@@ -149,7 +151,7 @@ def export(
             images=tuple(images),
         )
         atomic_write_text(staging / "README.md", render_card(card))
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported %s (%s) to %s", source, fmt, out)
@@ -213,7 +215,7 @@ def gpt2_config(config: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
     """A `GPT2Config` for `config`: the real vocabulary, no padding rows."""
     return {
         "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
+        "architectures": [GPT2_ARCHITECTURE],
         "vocab_size": config.vocab_size,
         "n_positions": config.block_size,
         "n_ctx": config.block_size,
@@ -307,31 +309,6 @@ def _write_generation_config(out: Path, block_size: int) -> None:
     del block_size
     config = {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID}
     atomic_write_text(out / "generation_config.json", json.dumps(config, indent=2) + "\n")
-
-
-def _check_destination(out: Path, model_dir: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a directory")
-    if out.exists() and out.resolve() == model_dir.resolve():
-        raise ValueError(f"{out}: is the source model directory; export somewhere else")
-    if out.exists() and out.resolve() in model_dir.resolve().parents:
-        # --force replaces OUT_DIR whole: here that would delete the source (and its run's
-        # checkpoints) along with it
-        raise ValueError(f"{out}: holds the source model {model_dir}; export somewhere else")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ValueError(f"{out}: exists and is not empty; pass --force to replace it")
-    if not out.parent.is_dir():
-        out.parent.mkdir(parents=True)
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.replace(out, old / "previous")
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
