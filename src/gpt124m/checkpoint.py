@@ -117,23 +117,8 @@ def build_model(config: ModelConfig, state_dict: dict[str, torch.Tensor], source
     with torch.device("meta"):
         model = GPT(config)
     expected = {k: v.shape for k, v in model.state_dict().items() if k not in TIED_KEYS}
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = sorted(
-        f"{k} {tuple(state_dict[k].shape)} != {tuple(s)}"
-        for k, s in expected.items()
-        if k in state_dict and state_dict[k].shape != s
-    )
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing: {', '.join(missing[:5])}" if missing else "",
-                f"unexpected: {', '.join(unexpected[:5])}" if unexpected else "",
-                f"wrong shape: {', '.join(wrong[:5])}" if wrong else "",
-            )
-            if part
-        )
+    detail = shape_mismatch(expected, {k: v.shape for k, v in state_dict.items()})
+    if detail:
         raise ValueError(f"{source}: weights do not match the config ({detail})")
     model.load_state_dict(state_dict, strict=False, assign=True)
     model.lm_head.weight = model.transformer.wte.weight
@@ -161,6 +146,26 @@ def _check_shape(config: ModelConfig, state_dict: dict[str, torch.Tensor], sourc
 def _size(state_dict: dict[str, torch.Tensor], key: str, dim: int) -> int | None:
     tensor = state_dict.get(key)
     return tensor.size(dim) if tensor is not None and tensor.dim() == 2 else None
+
+
+def shape_mismatch(expected: dict[str, Any], stored: dict[str, Any]) -> str:
+    """How `stored` tensor shapes differ from `expected` (names to shapes), or "" if not."""
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong = sorted(
+        f"{k} {tuple(stored[k])} != {tuple(s)}"
+        for k, s in expected.items()
+        if k in stored and tuple(stored[k]) != tuple(s)
+    )
+    return "; ".join(
+        part
+        for part in (
+            f"missing: {', '.join(missing[:5])}" if missing else "",
+            f"unexpected: {', '.join(unexpected[:5])}" if unexpected else "",
+            f"wrong shape: {', '.join(wrong[:5])}" if wrong else "",
+        )
+        if part
+    )
 
 
 def config_for_rows(rows: int, **shape: int) -> ModelConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import types
 
@@ -99,6 +100,53 @@ def test_push_refuses_a_directory_that_is_not_an_export(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
     assert main(["push", str(tmp_path), "--repo-id", "alice/x", "--dry-run"]) == 2
     assert "missing model.safetensors, README.md" in capsys.readouterr().err
+
+
+def _truncate(path, size):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def _add_a_layer(path):
+    config = json.loads(path.read_text())
+    model = config.get("model", config)  # ours nests the shape; GPT-2's does not
+    model["n_layer"] += 1
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("which", ["remote_dir", "gpt2_dir"])
+@pytest.mark.parametrize(
+    "damage, error",
+    [
+        (lambda d: _truncate(d / "model.safetensors", 1000), "not a readable safetensors file"),
+        (  # the header intact, the last tensor's bytes cut short
+            lambda d: _truncate(
+                d / "model.safetensors", (d / "model.safetensors").stat().st_size - 4
+            ),
+            "not a readable safetensors file",
+        ),
+        (lambda d: _add_a_layer(d / "config.json"), "tensors do not match config.json (missing: "),
+    ],
+    ids=["truncated-to-1000-bytes", "last-bytes-cut", "config-has-another-layer"],
+)
+def test_push_refuses_weights_that_are_unreadable_or_not_the_configs(
+    which, damage, error, request, tmp_path, monkeypatch, capsys
+):
+    """Dry run and real push alike: one line, rc 2, before any Hub client exists."""
+    folder = tmp_path / "export"
+    shutil.copytree(request.getfixturevalue(which), folder)
+    assert main(["push", str(folder), "--repo-id", "alice/tiny", "--dry-run"]) == 0
+    capsys.readouterr()
+    damage(folder)
+    FakeApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_from_env")
+    for dry in (["--dry-run"], []):
+        assert main(["push", str(folder), "--repo-id", "alice/tiny", *dry]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"gpt124m push: error: {folder}") and err.count("\n") == 1
+        assert error in err
+    assert FakeApi.calls == []
 
 
 def test_push_without_a_token_says_how_to_get_one(export_copy, monkeypatch):

@@ -22,7 +22,9 @@ class PushOptions:
         "create the repo as private, and refuse an existing public one (default: a new repo "
         "takes its owner's default visibility)",
     )
-    dry_run: bool = option(False, "list what would be uploaded; touch no network")
+    dry_run: bool = option(
+        False, "check the weights against config.json and list what would be uploaded; no network"
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

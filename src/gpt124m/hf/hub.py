@@ -1,7 +1,8 @@
 """Publish an exported directory to the Hugging Face Hub (create the repo, upload the folder).
 
 The token comes from `HF_TOKEN` or a stored `hf auth login`, as huggingface_hub resolves it.
-`plan_upload` lists exactly what `push` would send, with no network access: the dry run.
+`plan_upload` lists exactly what `push` would send, with no network access: the dry run. Both
+check the weights against the config first (`verify.py`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def check_repo_id(repo_id: str, flag: str = "--repo-id") -> str:
 
 
 def plan_upload(folder: str | os.PathLike) -> list[UploadFile]:
-    """The files `push` uploads from `folder`, sorted, with their sizes in bytes."""
+    """The files `push` uploads from `folder`, sorted, with their sizes in bytes; refused unless
+    its weights are readable and match its config.json (a truncated copy must not go up)."""
     from huggingface_hub.utils import filter_repo_objects
+
+    from gpt124m.hf.verify import check_export_weights
 
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -52,6 +56,7 @@ def plan_upload(folder: str | os.PathLike) -> list[UploadFile]:
             f"{root}: not an exported model directory (missing {', '.join(missing)}); "
             "run `gpt124m export` first"
         )
+    check_export_weights(root)
     paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     kept = filter_repo_objects(paths, ignore_patterns=IGNORE_PATTERNS)
     return [UploadFile(p, (root / p).stat().st_size) for p in kept]
