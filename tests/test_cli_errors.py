@@ -97,6 +97,21 @@ def test_train_bad_input(tmp_path, inputs, flags, expected):
     fails_cleanly(tmp_path, train_argv(inputs, *flags), *expected)
 
 
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_wandb_without_a_login_is_one_line_before_anything_is_written(
+    tmp_path, inputs, monkeypatch, command
+):
+    """Real wandb, no credentials anywhere (a fresh HOME, no WANDB_* variables): it raised a
+    40-line UsageError after OUT_DIR was made (and in a terminal, prompted for a key)."""
+    pytest.importorskip("wandb")
+    for name in [n for n in os.environ if n.startswith("WANDB_")] + ["NETRC"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    argv = (train_argv if command == "train" else sft_argv)(inputs, "--wandb-project", "demo")
+    fails_cleanly(tmp_path, argv, "--wandb-project demo: no W&B login", "`wandb login`")
+    assert not (tmp_path / "home" / ".netrc").exists()  # and no login was made
+
+
 def sft_argv(inputs, *flags) -> list[str]:
     settings = ["--base", "tiny", "--data", str(inputs["root"] / "alpaca.json")]
     return ["sft", *settings, "--max-steps", "1", "--batch-size", "2", *flags]

@@ -32,6 +32,7 @@ from gpt124m.train.checkpointer import (
 )
 from gpt124m.train.config import AUTO
 from gpt124m.train.evaluators import Hooks, hellaswag_hook
+from gpt124m.train.loggers import check_trackers
 from gpt124m.train.trainer import fit
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     cfg.validate()
     checkpointing.check_resume(cfg.resume)  # before loading the model and the data
     check_source_survives(cfg.out_dir, cfg.base, "--base")
+    check_trackers(tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project)
     info = distributed.init(cfg.device)
     try:
         model = load_base(cfg.base, dropout=cfg.dropout, seed=cfg.seed)

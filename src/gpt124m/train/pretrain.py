@@ -19,6 +19,7 @@ from gpt124m.train.checkpointer import (
 )
 from gpt124m.train.config import TrainConfig
 from gpt124m.train.evaluators import Hooks, hellaswag_hook, sample_texts
+from gpt124m.train.loggers import check_trackers
 from gpt124m.train.trainer import fit
 
 
@@ -29,6 +30,7 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
     cfg.validate()
     checkpointing.check_resume(cfg.resume)  # before any work, not after the model and data
     check_source_survives(cfg.out_dir, cfg.model, "--model")
+    check_trackers(tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project)
     info = distributed.init(cfg.device)
     try:
         model = initial_model(cfg)
