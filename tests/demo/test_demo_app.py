@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,13 +31,18 @@ def test_default_caps_fit_the_context():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_new_tokens": 0}, "max new tokens must be >= 1"),
-        ({"max_new_tokens": 64}, "leaves no room for a prompt"),
-        ({"max_new_tokens": 32, "max_input_tokens": 40}, "exceed the model's context length (64)"),
+        ({"max_new_tokens": 0}, "--max-new-tokens must be >= 1, got 0"),
+        ({"max_input_tokens": 0}, "--max-input-tokens must be >= 1, got 0"),
+        ({"max_input_tokens": -5, "max_new_tokens": 8}, "--max-input-tokens must be >= 1, got -5"),
+        ({"max_new_tokens": 64}, "--max-new-tokens 64 leaves no room for a prompt"),
+        (
+            {"max_new_tokens": 32, "max_input_tokens": 40},
+            "--max-input-tokens 40 + --max-new-tokens 32 exceed the model's context length (64)",
+        ),
     ],
 )
 def test_caps_beyond_the_context_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         Limits.for_context(64, **kwargs)
 
 
@@ -208,6 +214,16 @@ def test_cli_refuses_caps_beyond_the_context(demo_models, capsys):
                  "--max-input-tokens", "10", "--device", "cpu"])  # fmt: skip
     assert code == 2
     assert "exceed the model's context length (64)" in capsys.readouterr().err
+
+
+def test_cli_blames_the_cap_actually_at_fault(demo_models, capsys):
+    """--max-input-tokens 0 said "max new tokens (32) leaves no room for a prompt"."""
+    pytest.importorskip("gradio")
+    argv = ["demo", "--model", str(demo_models[0]), "--device", "cpu", "--max-input-tokens", "0"]
+    assert main(argv) == 2
+    assert (
+        capsys.readouterr().err == "gpt124m demo: error: --max-input-tokens must be >= 1, got 0\n"
+    )
 
 
 def test_cli_refuses_port_zero(demo_models, capsys):

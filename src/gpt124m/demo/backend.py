@@ -48,17 +48,20 @@ class Limits:
             if max_new_tokens is None
             else max_new_tokens
         )
+        # Each message names the flag at fault: the one given, or the one that left no room.
         if new < 1:
-            raise ValueError(f"max new tokens must be >= 1, got {new}")
+            raise ValueError(f"--max-new-tokens must be >= 1, got {new}")
+        if max_input_tokens is not None and max_input_tokens < 1:
+            raise ValueError(f"--max-input-tokens must be >= 1, got {max_input_tokens}")
         prompt = block_size - new if max_input_tokens is None else max_input_tokens
         if prompt < 1:
             raise ValueError(
-                f"max new tokens ({new}) leaves no room for a prompt in the model's "
+                f"--max-new-tokens {new} leaves no room for a prompt in the model's "
                 f"{block_size}-token context; lower it"
             )
         if prompt + new > block_size:
             raise ValueError(
-                f"max input tokens ({prompt}) + max new tokens ({new}) exceed the model's "
+                f"--max-input-tokens {prompt} + --max-new-tokens {new} exceed the model's "
                 f"context length ({block_size}); lower one of them"
             )
         return cls(max_input_tokens=prompt, max_new_tokens=new)
