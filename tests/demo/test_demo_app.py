@@ -226,6 +226,54 @@ def test_cli_blames_the_cap_actually_at_fault(demo_models, capsys):
     )
 
 
+def fake_resolver(monkeypatch, names: set[str]) -> list[str]:
+    """socket.getaddrinfo knowing only `names` (no DNS in a test); returns the hosts asked."""
+    import socket
+
+    asked = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        asked.append(host)
+        if host not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "", "[::1]", "demo box"])
+def test_cli_refuses_a_host_it_cannot_listen_on_before_loading(host, monkeypatch, capsys, tmp_path):
+    """999.1.1.1 was logged as "listening ..., so other machines can reach it", then failed in
+    uvicorn and Gradio's words ("Cannot find empty port")."""
+    pytest.importorskip("gradio")
+    from gpt124m.demo import app
+
+    fake_resolver(monkeypatch, {"demo-box.lan"})
+    monkeypatch.setattr(app, "launch", lambda *a, **kw: pytest.fail("launched"))
+    argv = ["demo", "--model", str(tmp_path / "no-such-model"), "--host", host]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"gpt124m demo: error: --host {host!r}: not an IP address or a name this machine "
+        "resolves (Name or service not known)\n"
+    )  # one line, and about the host: the missing model was never reached
+
+
+def test_cli_listens_on_any_ip_address_or_resolvable_name(demo_models, monkeypatch):
+    pytest.importorskip("gradio")
+    from gpt124m.demo import app
+
+    asked = fake_resolver(monkeypatch, {"demo-box.lan"})
+    hosts = []
+    monkeypatch.setattr(app, "launch", lambda a, **kw: hosts.append(kw["host"]))
+    for host in ("0.0.0.0", "::", "192.168.1.20", "demo-box.lan"):
+        assert (
+            main(["demo", "--model", str(demo_models[0]), "--device", "cpu", "--host", host]) == 0
+        )
+    assert hosts == ["0.0.0.0", "::", "192.168.1.20", "demo-box.lan"]
+    assert asked == ["demo-box.lan"]  # addresses are taken as they are, only names are looked up
+
+
 def test_cli_refuses_port_zero(demo_models, capsys):
     """Gradio checks its server at the port it was given: 0 ended in a traceback."""
     pytest.importorskip("gradio")

@@ -25,7 +25,10 @@ class DemoOptions:
         "seed; as `gpt124m chat`)",
         choices=TEMPLATES,
     )
-    host: str = option("127.0.0.1", "address to listen on (default: loopback)")
+    host: str = option(
+        "127.0.0.1",
+        "address to listen on: an IP address or a name that resolves (default: loopback)",
+    )
     port: int = option(7860, "port to listen on")
     share: bool = option(False, "also publish a public Gradio share link")
     max_new_tokens: int | None = option(
@@ -46,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt124m.demo.app import build_app, launch, require_gradio
+    from gpt124m.demo.app import build_app, check_host, launch, require_gradio
     from gpt124m.demo.backend import DemoModel
 
     args = from_args(args, DemoOptions)
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not 1 <= args.port <= 65535:  # Gradio checks its server at the port: 0 cannot be
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    check_host(args.host)  # before the models load, not after, in Gradio's words
     if args.template and not args.instruct_model:
         raise ValueError("--template applies to --instruct-model; give one")
     caps = {"max_new_tokens": args.max_new_tokens, "max_input_tokens": args.max_input_tokens}

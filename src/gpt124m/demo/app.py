@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -269,6 +270,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_host(host: str) -> None:
+    """Refuse a --host that is neither an IP address nor a name this machine resolves.
+    Gradio would log the bad address as reachable, then fail with a uvicorn ERROR line and a
+    misleading "Cannot find empty port"."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        reason = e.strerror if isinstance(e, socket.gaierror) and e.strerror else str(e)
+        raise ValueError(
+            f"--host {host!r}: not an IP address or a name this machine resolves ({reason})"
+        ) from None
 
 
 def launch(
