@@ -100,6 +100,9 @@ def test_generate_sampling_with_seed_and_samples(tiny_model_dir, capsys):
         (["--num-samples", "0"], "--num-samples"),
         (["--device", "tpu"], "--device 'tpu'"),
         (["--prompt", ""], "--prompt"),
+        # as train's --seed; one was accepted, the other failed in torch, naming no flag
+        (["--seed", "-1"], "--seed: seed must be in [0, 2**63)"),
+        (["--seed", str(2**70)], "--seed: seed must be in [0, 2**63)"),
     ],
 )
 def test_generate_bad_values_exit_2(tiny_model_dir, capsys, flags, message):

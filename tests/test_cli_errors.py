@@ -122,6 +122,7 @@ def sft_argv(inputs, *flags) -> list[str]:
     [
         (["--data", "{root}/qa.json"], ["no usable examples", "2 missing 'instruction'"]),
         (["--data", "{root}/missing.json"], ["missing.json: no such file"]),
+        (["--split-seed", "-1"], ["--split-seed -1: must be >= 0"]),
         (["--resume", "{root}/missing"], ["--resume", "no such checkpoint directory"]),
         (["--resume", "{model}"], ["--resume", "a model directory, not a training checkpoint"]),
         (["--precision", "fp12"], ["--precision: invalid choice: 'fp12'"]),

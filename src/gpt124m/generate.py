@@ -65,6 +65,8 @@ class GenerationConfig:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:  # as train's --seed
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
 
     @property
     def greedy(self) -> bool:

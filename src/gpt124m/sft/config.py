@@ -167,6 +167,8 @@ class SFTConfig(TrainConfig):
                 raise bad(name, f"choose from {', '.join(choices)}")
         if not 0 <= self.val_fraction < 1:
             raise bad("val_fraction", "must be in [0, 1)")
+        if self.split_seed < 0:
+            raise bad("split_seed", "must be >= 0")
         if not 0 <= self.warmup_fraction < 1:
             raise bad("warmup_fraction", "must be in [0, 1)")
         if not 0 < self.epochs < math.inf:  # NaN too
