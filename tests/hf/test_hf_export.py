@@ -289,6 +289,12 @@ def test_export_rejects_bad_input(native_dir, tmp_path):
         ).is_dir()
     with pytest.raises(FileNotFoundError, match="no such model directory"):
         export(tmp_path / "missing", tmp_path / "b")
+    # what `push` would refuse, refused here, before the card names it
+    with pytest.raises(ValueError, match="--repo-id 'bad id!!': expected USER/NAME"):
+        export(native_dir, tmp_path / "c", repo_id="bad id!!")
+    with pytest.raises(ValueError, match="--license must not be empty"):
+        export(native_dir, tmp_path / "c", license=" ")
+    assert not (tmp_path / "c").exists()
 
 
 def test_export_cli(native_dir, tmp_path, capsys):

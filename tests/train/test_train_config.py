@@ -94,10 +94,15 @@ def test_bad_values_and_recipes_are_named(tmp_path):
         parse(["--grad-clip", "0"])
     with pytest.raises(ValueError, match="--peak-flops 0.0: must be positive"):
         parse(["--peak-flops", "0"])
-    with pytest.raises(ValueError, match="--power-watts -5.0: must be >= 0"):
+    with pytest.raises(ValueError, match="--power-watts -5.0: must be a finite number >= 0"):
         parse(["--power-watts", "-5"])
-    with pytest.raises(ValueError, match="--grid-gco2-per-kwh -1.0: must be >= 0"):
+    with pytest.raises(ValueError, match="--grid-gco2-per-kwh -1.0: must be a finite number"):
         parse(["--grid-gco2-per-kwh", "-1"])
+    # inf was taken, and the summary said "~inf kg CO2e"
+    with pytest.raises(ValueError, match="--grid-gco2-per-kwh inf: must be a finite number"):
+        parse(["--grid-gco2-per-kwh", "inf"])
+    with pytest.raises(ValueError, match="--peak-flops inf: must be positive"):
+        parse(["--peak-flops", "inf"])
     parse(["--power-watts", "0", "--grid-gco2-per-kwh", "0"])  # no estimate: allowed
     # what periodic work reads is refused at the start, not at its first turn
     for flags, message in (

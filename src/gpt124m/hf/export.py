@@ -101,8 +101,9 @@ def export(
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if not repo_id.strip():
-        raise ValueError("--repo-id must not be empty")
+    check_repo_id(repo_id)  # the name `push` will accept, or the card's snippets load nothing
+    if not license.strip():
+        raise ValueError("--license must not be empty (the card's license field)")
     # The card's metadata names these as hub repos: a local path there links to nowhere.
     named = [("--dataset", d) for d in datasets]
     if base_model:

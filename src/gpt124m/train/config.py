@@ -248,12 +248,12 @@ class TrainConfig:
         local = None if self.hellaswag_data is None else Path(self.hellaswag_data).expanduser()
         if self.hellaswag_every and local is not None and not local.is_file():
             raise bad("hellaswag_data", "no such file")
-        if self.peak_flops is not None and not self.peak_flops > 0:
+        if self.peak_flops is not None and not 0 < self.peak_flops < math.inf:
             raise bad("peak_flops", "must be positive (leave it out for the device's own)")
         for name in ("power_watts", "grid_gco2_per_kwh"):  # 0 is allowed: no estimate
             value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise bad(name, "must be >= 0")
+            if value is not None and not 0 <= value < math.inf:
+                raise bad(name, "must be a finite number >= 0")
         if self.optimizer == "muon":
             if not self.muon_lr > 0:
                 raise bad("muon_lr", "must be positive")
