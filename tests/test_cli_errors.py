@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,9 @@ def inputs(tmp_path_factory, tiny_model_dir):
         )
     )
     (root / "empty").mkdir()
+    shutil.copytree(root / "shards", root / "damaged")  # a shard edited after prepare wrote it
+    damaged = root / "damaged" / "train_000000.bin"
+    damaged.write_bytes(damaged.read_bytes()[:-2] + b"\xff\xff")
     alpaca = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(6)]
     (root / "alpaca.json").write_text(json.dumps(alpaca))
     qa = [{"question": "What is 2 + 2?", "answer": "4"}, {"question": "Hi?", "answer": "Hello."}]
@@ -81,6 +85,11 @@ def train_argv(inputs, *flags) -> list[str]:
     [
         (["--data-dir", "{root}/missing"], ["missing", "not found"]),
         (["--data-dir", "{root}/empty"], ["empty", "not a prepared data directory"]),
+        # was `IndexError: index out of range in self` at the first step (rc 1)
+        (
+            ["--data-dir", "{root}/damaged"],
+            ["corrupt shard", "damaged/train_000000.bin: token id 65535", "vocabulary of 50,257"],
+        ),
         (["--resume", "{root}/missing"], ["--resume", "no such checkpoint directory"]),
         (["--resume", "{root}/a_file.txt"], ["--resume", "not a checkpoint directory"]),
         (["--resume", "{model}"], ["--resume", "a model directory, not a training checkpoint"]),

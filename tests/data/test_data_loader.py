@@ -11,6 +11,7 @@ from gpt124m.data.loader import (
     load_shard,
     token_batches,
     validation_batches,
+    validation_budget,
 )
 
 SIZES = (1000, 700, 1300, 450)
@@ -263,6 +264,33 @@ def test_corrupt_shard_errors(data_dir, how, message):
     if how in ("magic", "truncated", "version", "missing"):
         with pytest.raises((ValueError, FileNotFoundError), match=message):
             load_shard(shard)
+
+
+def overwrite_ids(path, start, count, value=0xFFFF):
+    """Replace `count` tokens of a shard from `start` with `value`, as a new file (new inode)."""
+    data = bytearray(path.read_bytes())
+    at = fmt.HEADER_SIZE + 2 * start
+    data[at : at + 2 * count] = np.full(count, value, dtype="<u2").tobytes()
+    path.unlink()
+    path.write_bytes(bytes(data))
+
+
+def test_ids_outside_the_vocabulary_are_refused_on_every_path(data_dir):
+    """0xFFFF in a shard made the embedding fail mid-run (IndexError; on CUDA a device-side
+    assert): every reader refuses the file when it opens it, naming it and the first bad id."""
+    TokenLoader(data_dir, batch_size=2, seq_len=8)  # checked and fine: remembered
+    validation_batches(data_dir, batch_size=2, seq_len=8, max_tokens=None)
+    overwrite_ids(data_dir / "train_000001.bin", 123, 5)
+    with pytest.raises(ValueError, match=r"corrupt shard .*train_000001\.bin: token id 65535 at "
+                       r"position 123 is outside the vocabulary of 50,257"):  # fmt: skip
+        TokenLoader(data_dir, batch_size=2, seq_len=8, rank=1, world_size=2)
+    overwrite_ids(data_dir / "val_000000.bin", 7, 1, value=50257)  # the first id past the end
+    for read in (validation_batches, validation_budget):
+        with pytest.raises(ValueError, match=r"val_000000\.bin: token id 50257 at position 7"):
+            if read is validation_budget:
+                read(data_dir, 10)
+            else:
+                read(data_dir, batch_size=2, seq_len=8, max_tokens=16, rank=1, world_size=2)
 
 
 @pytest.mark.parametrize(

@@ -187,3 +187,20 @@ def test_cli_loss_bad_input(tmp_path, model_dir, capsys):
     args = ["eval", "loss", "--model", str(model_dir), "--data", str(tmp_path)]
     assert main([*args, "--tokens", "0"]) == 2
     assert "--tokens must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["ids"])
+def test_cli_loss_refuses_damaged_data_in_one_line(tmp_path, model_dir, shard_dir, capsys, damage):
+    """A val shard holding ids past the vocabulary ended in `IndexError: index out of range in
+    self` (rc 1; on CUDA a device-side assert); now one line naming the file, rc 2."""
+    shard = shard_dir / "val_000001.bin"
+    data = bytearray(shard.read_bytes())
+    data[fmt.HEADER_SIZE + 20 : fmt.HEADER_SIZE + 24] = b"\xff" * 4
+    shard.write_bytes(bytes(data))
+    expected = [f"corrupt shard {shard}", "token id 65535 at position 10", "outside the vocabulary"]
+    argv = ["eval", "loss", "--model", str(model_dir), "--data", str(shard_dir), "--seq-len", "32"]
+    assert main([*argv, "--device", "cpu", "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpt124m eval: error: "), err
+    assert all(text in err[0] for text in expected), err[0]
+    assert not (tmp_path / "out").exists()
