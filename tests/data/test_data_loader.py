@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -308,6 +309,45 @@ def test_manifest_mismatch_errors(data_dir, edit, message):
     with pytest.raises(ValueError, match=message):
         TokenLoader(data_dir, batch_size=2, seq_len=8)
     with pytest.raises(ValueError, match=message):
+        validation_batches(data_dir, batch_size=2, seq_len=8, max_tokens=None)
+
+
+def set_field(field, value, shard=None):
+    def edit(manifest):
+        (manifest if shard is None else manifest["shards"][shard])[field] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # each was a TypeError or KeyError traceback (rc 1), or silently accepted
+        (set_field("shards", "x"), "shards must be a list of shard entries, got str"),
+        (set_field("dtype", "float64"), "dtype is 'float64'; shards hold uint16 tokens"),
+        (
+            set_field("name", "../d/train_000000.bin", 1),
+            "shards[1].name '../d/train_000000.bin' is not a file name inside the data",
+        ),
+        (set_field("name", "/etc/passwd", 1), "shards[1].name '/etc/passwd' is not a file name"),
+        (set_field("name", "val_000000.bin", 1), "shards[1].name 'val_000000.bin' is listed twice"),
+        (set_field("split", "Train", 2), "shards[2].split must be 'train' or 'val', got 'Train'"),
+        (set_field("tokens", "1000", 1), "shards[1].tokens must be a count of tokens, got '1000'"),
+        (set_field("sha256", None, 1), "shards[1].sha256 must be a hex digest, got None"),
+        (lambda m: m["shards"].append(["train_000009.bin"]), "shards[5] must be an object"),
+    ],
+)
+def test_manifest_fields_are_checked_as_it_is_read(data_dir, edit, message):
+    """Refused naming the manifest and the field; a name leading out of the directory (here
+    back into it, through its parent) is never followed."""
+    path = data_dir / fmt.MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    expected = re.escape(f"corrupt manifest {path}: {message}")
+    with pytest.raises(ValueError, match=expected):
+        TokenLoader(data_dir, batch_size=2, seq_len=8)
+    with pytest.raises(ValueError, match=expected):
         validation_batches(data_dir, batch_size=2, seq_len=8, max_tokens=None)
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -489,3 +490,27 @@ def test_a_manifest_of_the_old_default_is_still_recognised(tmp_path):
     old = {**first, "settings": {**first["settings"], "val_tokens": 100}}
     (out / "manifest.json").write_text(json.dumps(old))
     assert prepare(cfg(tmp_path / "a.jsonl", out, val_tokens=None, shard_tokens=100)) == old
+
+
+@pytest.mark.parametrize("name", ["../victim.bin", "shards"])
+def test_a_rerun_never_follows_a_manifest_out_of_its_directory(tmp_path, name):
+    """The manifest a rerun resumes from is checked like any other: a shard listed as
+    `../victim.bin` was read, and deleted with the run's shards when its settings failed."""
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    out = tmp_path / "out"
+    manifest = prepare(cfg(tmp_path / "a.jsonl", out))
+    victim = tmp_path / "victim.bin"
+    (out / "val_000000.bin").rename(victim)
+    entry = {**manifest["shards"][0], "name": "../victim.bin"}
+    settings = {**manifest["settings"], "val_tokens": 10**6}  # no tokens left to train on
+    edited = {**manifest, "complete": False, "settings": settings, "shards": [entry]}
+    if name == "shards":
+        edited["shards"] = "val_000000.bin"  # was a TypeError traceback
+    (out / "manifest.json").write_text(json.dumps(edited))
+    before = victim.read_bytes()
+    field = "shards[0].name '../victim.bin' is not a file name" if name != "shards" else "shards"
+    with pytest.raises(
+        ValueError, match=re.escape(f"corrupt manifest {out / 'manifest.json'}: {field}")
+    ):
+        prepare(cfg(tmp_path / "a.jsonl", out, val_tokens=10**6))
+    assert victim.read_bytes() == before

@@ -189,15 +189,21 @@ def test_cli_loss_bad_input(tmp_path, model_dir, capsys):
     assert "--tokens must be >= 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("damage", ["ids"])
+@pytest.mark.parametrize("damage", ["ids", "manifest"])
 def test_cli_loss_refuses_damaged_data_in_one_line(tmp_path, model_dir, shard_dir, capsys, damage):
     """A val shard holding ids past the vocabulary ended in `IndexError: index out of range in
-    self` (rc 1; on CUDA a device-side assert); now one line naming the file, rc 2."""
-    shard = shard_dir / "val_000001.bin"
-    data = bytearray(shard.read_bytes())
-    data[fmt.HEADER_SIZE + 20 : fmt.HEADER_SIZE + 24] = b"\xff" * 4
-    shard.write_bytes(bytes(data))
-    expected = [f"corrupt shard {shard}", "token id 65535 at position 10", "outside the vocabulary"]
+    self` (rc 1; on CUDA a device-side assert), `"shards": "x"` in the manifest in a TypeError;
+    now one line naming the file (and the field), rc 2."""
+    if damage == "ids":
+        shard = shard_dir / "val_000001.bin"
+        data = bytearray(shard.read_bytes())
+        data[fmt.HEADER_SIZE + 20 : fmt.HEADER_SIZE + 24] = b"\xff" * 4
+        shard.write_bytes(bytes(data))
+        expected = [f"corrupt shard {shard}", "token id 65535 at position 10", "the vocabulary"]
+    else:
+        path = shard_dir / fmt.MANIFEST
+        path.write_text(json.dumps({**json.loads(path.read_text()), "shards": "x"}))
+        expected = [f"corrupt manifest {path}: shards must be a list"]
     argv = ["eval", "loss", "--model", str(model_dir), "--data", str(shard_dir), "--seq-len", "32"]
     assert main([*argv, "--device", "cpu", "--out-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

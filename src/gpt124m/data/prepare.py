@@ -149,8 +149,9 @@ def _previous(out: Path, settings: dict) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         log.warning("ignoring unreadable %s; starting over", path)
         return None
-    if manifest.get("format") != fmt.MANIFEST_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt.MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a gpt124m token manifest; choose another output directory")
+    fmt.check_fields(manifest, path)  # its shards are read, and may be deleted, by name
     if not _same_settings(manifest.get("settings") or {}, settings):
         raise ValueError(
             f"{out} holds data prepared with other settings or another source; "

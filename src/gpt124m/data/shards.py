@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import struct
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -153,7 +153,48 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
             f"{data_dir} was prepared with tokenizer {tokenizer!r} (vocabulary {vocab}); "
             f"gpt124m models need {TOKENIZER!r} (vocabulary {VOCAB_SIZE})"
         )
+    check_fields(manifest, path)
     return manifest
+
+
+def _plain_name(name: str) -> bool:
+    """A file directly inside the directory: no separator of any platform, not `.` or `..`."""
+    return (
+        name not in ("", ".", "..")
+        and PurePosixPath(name).name == PureWindowsPath(name).name == name
+    )
+
+
+def check_fields(manifest: dict, path: Path) -> None:
+    """The types of the fields readers use, so that a hand-edited or foreign manifest is refused
+    naming the field, not as a TypeError in the loader, nor followed to a shard outside the
+    directory (`prepare` even deletes the shards it lists when settings turn out impossible)."""
+
+    def bad(field: str, why: str) -> ValueError:
+        return ValueError(f"corrupt manifest {path}: {field} {why}")
+
+    if manifest.get("dtype", "uint16") != "uint16":  # written by `prepare`; absent in old ones
+        raise bad("dtype", f"is {manifest['dtype']!r}; shards hold uint16 tokens")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise bad("shards", f"must be a list of shard entries, got {type(shards).__name__}")
+    names = set()
+    for i, entry in enumerate(shards):
+        where = f"shards[{i}]"
+        if not isinstance(entry, dict):
+            raise bad(where, f"must be an object, got {type(entry).__name__}")
+        name, tokens = entry.get("name"), entry.get("tokens")
+        if not isinstance(name, str) or not _plain_name(name):
+            raise bad(f"{where}.name", f"{name!r} is not a file name inside the data directory")
+        if name in names:
+            raise bad(f"{where}.name", f"{name!r} is listed twice")
+        names.add(name)
+        if entry.get("split") not in ("train", "val"):
+            raise bad(f"{where}.split", f"must be 'train' or 'val', got {entry.get('split')!r}")
+        if type(tokens) is not int or tokens < 0:
+            raise bad(f"{where}.tokens", f"must be a count of tokens, got {tokens!r}")
+        if not isinstance(entry.get("sha256"), str):
+            raise bad(f"{where}.sha256", f"must be a hex digest, got {entry.get('sha256')!r}")
 
 
 def open_split(data_dir: str | os.PathLike, split: str) -> tuple[dict, list[np.ndarray]]:
