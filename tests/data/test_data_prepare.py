@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -514,3 +515,24 @@ def test_a_rerun_never_follows_a_manifest_out_of_its_directory(tmp_path, name):
     ):
         prepare(cfg(tmp_path / "a.jsonl", out, val_tokens=10**6))
     assert victim.read_bytes() == before
+
+
+def test_absurdly_small_shards_are_refused_at_once(tmp_path):
+    """`--shard-tokens 1` on the bundled corpus wrote a file per token (755,000 of them; the
+    manifest is rewritten after each, so hours). Shards under 1,024 tokens are for sources of at
+    most 100 of them: refused before any work where --max-tokens says so, else at the 101st
+    shard, and the run leaves nothing behind."""
+    with pytest.raises(
+        ValueError, match="shard_tokens 1 is below 1,024.* --max-tokens 1,000 needs"
+    ):
+        prepare(cfg("builtin", tmp_path / "capped", shard_tokens=1, max_tokens=1000))
+    out = tmp_path / "data" / "builtin"
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="shard_tokens 1 is below 1,024, which only a source of at "
+                       "most 100 shards may use, and this source needs more"):  # fmt: skip
+        prepare(cfg("builtin", out, shard_tokens=1, val_tokens=None))
+    assert time.perf_counter() - started < 30
+    assert not (tmp_path / "data").exists() and not (tmp_path / "capped").exists()
+    # small shards of a small source are fine, as every other test here shows; so are 1,024
+    manifest = prepare(cfg("builtin", out, shard_tokens=1024, max_tokens=4000, val_tokens=1000))
+    assert [s["tokens"] for s in manifest["shards"]] == [1000, 1024, 1024, 952]

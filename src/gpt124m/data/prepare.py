@@ -30,7 +30,12 @@ import numpy as np
 from gpt124m.data import shards as fmt
 from gpt124m.data.encoding import COUNTERS, Chunk, encoded_chunks, stream_position
 from gpt124m.data.sources import Source, open_source
-from gpt124m.data.writer import ShardWriter
+from gpt124m.data.writer import (
+    MAX_SMALL_SHARDS,
+    MIN_SHARD_TOKENS,
+    ShardWriter,
+    too_many_small_shards,
+)
 from gpt124m.flags import option
 
 log = logging.getLogger(__name__)
@@ -55,7 +60,11 @@ class PrepareConfig:
     split_lines: bool = option(
         False, "split .txt files into documents at blank lines (default: one document per file)"
     )
-    shard_tokens: int = option(100_000_000, "tokens per shard file")
+    shard_tokens: int = option(
+        100_000_000,
+        f"tokens per shard file: at least {MIN_SHARD_TOKENS:,} (one GPT-2 context), except for a "
+        f"source of at most {MAX_SMALL_SHARDS} shards (tiny files by the thousand take hours)",
+    )
     val_tokens: int | None = option(
         None,
         "validation tokens (default: one shard, at most a tenth of --max-tokens or of a "
@@ -76,6 +85,12 @@ class PrepareConfig:
             raise ValueError(
                 f"shard_tokens must be between 1 and {MAX_SHARD_TOKENS:,}, got {self.shard_tokens}"
             )
+        if self.shard_tokens < MIN_SHARD_TOKENS and self.max_tokens is not None:
+            shards = -(-self.max_tokens // self.shard_tokens)
+            if shards > MAX_SMALL_SHARDS:
+                raise too_many_small_shards(
+                    self.shard_tokens, f"--max-tokens {self.max_tokens:,} needs {shards:,}"
+                )
         if self.val_tokens is not None and self.val_tokens < 0:
             raise ValueError(f"val_tokens must be >= 0, got {self.val_tokens}")
         if self.max_tokens is not None and self.max_tokens < 1:
