@@ -49,6 +49,15 @@ def test_cli_writes_results_table_chart_and_predictions(tmp_path, model_dir, jso
     assert f"acc_norm {expected.metrics['harness']['acc_norm']:.4f}" in stdout
 
 
+def test_cli_progress_bars_can_be_turned_off(tmp_path, model_dir, jsonl_file, capsys):
+    """`--no-progress`, as `eval loss` and `prepare` have it."""
+    assert run_cli(tmp_path, model_dir, jsonl_file, "--limit", "2")[0] == 0
+    err = capsys.readouterr().err
+    assert "HellaSwag completion: 100%" in err and "HellaSwag harness: 100%" in err
+    assert run_cli(tmp_path, model_dir, jsonl_file, "--limit", "2", "--no-progress")[0] == 0
+    assert "HellaSwag" not in capsys.readouterr().err
+
+
 def test_cli_names_the_bad_line(tmp_path, model_dir, rows, capsys):
     lines = [json.dumps(r) for r in rows[:4]]
     lines[1] = json.dumps({**rows[1], "endings": [1, 2, 3, 4]})

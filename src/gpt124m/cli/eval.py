@@ -24,6 +24,7 @@ class EvalOptions:
         "autocast precision; auto picks bf16 where the hardware runs it natively",
         choices=PRECISIONS,
     )
+    progress: bool = option(True, "a progress bar on stderr")
 
 
 @dataclass(kw_only=True)
@@ -144,6 +145,7 @@ def _hellaswag(args, info) -> int:
         autocast_dtype=precision,
         rank=info.rank,
         world_size=info.world_size,
+        progress=args.progress,
     )
     if not info.is_main:
         return 0
@@ -209,6 +211,8 @@ def _loss(args, info) -> int:
         device=info.device,
         autocast_dtype=precision,
         token_bytes=gpt2_token_bytes(),
+        progress=args.progress and info.is_main,
+        desc="eval loss" if info.world_size == 1 else f"eval loss (rank 0/{info.world_size})",
     )
     if not info.is_main:
         return 0

@@ -32,6 +32,7 @@ import torch
 from gpt124m.data.shards import load_shard, open_split
 
 __all__ = [
+    "TokenBatches",
     "TokenLoader",
     "WindowPermutation",
     "load_shard",
@@ -244,6 +245,27 @@ class TokenLoader:
         self._position = position
 
 
+class TokenBatches:
+    """What `token_batches` returns: an iterable of (x, y) that also knows its batch count
+    (`len`) and `tokens`, the targets this rank scores, so a progress bar can show how far an
+    evaluation has come. Each pass reads the same batches."""
+
+    def __init__(self, tokens: np.ndarray, rows: int, batch_size: int, seq_len: int, rank: int):
+        self._data, self._rows, self._rank = tokens, rows, rank
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.tokens = rows * seq_len
+
+    def __len__(self) -> int:
+        return -(-self._rows // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rows, seq_len = self._rows, self.seq_len
+        for done in range(0, rows, self.batch_size):
+            n = min(self.batch_size, rows - done)
+            start = (self._rank * rows + done) * seq_len
+            yield _to_batch(self._data[start : start + n * seq_len + 1], n, seq_len)
+
+
 def token_batches(
     tokens: np.ndarray,
     *,
@@ -252,7 +274,7 @@ def token_batches(
     max_tokens: int | None,
     rank: int = 0,
     world_size: int = 1,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> TokenBatches:
     """Deterministic sequential read of a token array: identical on every run; ranks get
     disjoint batches. `max_tokens` is the budget over all ranks (None: the whole array).
 
@@ -279,14 +301,7 @@ def token_batches(
             f"{budget:,} tokens cannot fill one sequence of {seq_len} on each of {world_size} "
             f"rank(s) ({seq_len * world_size:,} tokens)"
         )
-
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for done in range(0, rows, batch_size):
-            n = min(batch_size, rows - done)
-            start = (rank * rows + done) * seq_len
-            yield _to_batch(tokens[start : start + n * seq_len + 1], n, seq_len)
-
-    return batches()
+    return TokenBatches(tokens, rows, batch_size, seq_len, rank)
 
 
 def validation_budget(
@@ -318,7 +333,7 @@ def validation_batches(
     max_tokens: int | None,
     rank: int = 0,
     world_size: int = 1,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> TokenBatches:
     """A fixed token budget from the val shards, in order, via `token_batches`.
     A missing, corrupt or foreign data directory raises here, at the call."""
     _check_shape(batch_size, seq_len, rank, world_size)

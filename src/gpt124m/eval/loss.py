@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 from collections.abc import Iterable
 
 import numpy as np
@@ -27,13 +28,28 @@ def evaluate_loss(
     device: torch.device | str,
     autocast_dtype: torch.dtype | None = None,
     token_bytes: torch.Tensor | None = None,
+    progress: bool = False,
+    desc: str = "eval loss",
 ) -> dict:
     """Mean next-token loss (nats/token) over `batches` of (x, y); targets IGNORE_INDEX are ignored.
 
     Returns {"loss", "ppl", "tokens"}; with `token_bytes` (bytes per token id, see
     `gpt2_token_bytes`) also "bytes" (of the evaluated targets) and "bpb" (bits per byte).
     The model is in eval mode during the pass and back in its previous mode afterwards.
+    `progress`: a bar on stderr counting this process's targets, against `batches.tokens` where
+    it has one (`TokenBatches`): a 124M model on 2 CPU cores scores ~400 tokens a second.
     """
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=getattr(batches, "tokens", None),
+        unit="tok",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+        desc=desc,
+    )
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -56,7 +72,9 @@ def evaluate_loss(
                 totals[1] += n
                 if token_bytes is not None:
                     totals[2] += token_bytes[y[valid]].sum()
+                bar.update(y.numel())  # not `n`: reading it would wait for the device
     finally:
+        bar.close()
         model.train(was_training)
     all_reduce_sum(totals)
     loss_sum, tokens, n_bytes = totals.tolist()
