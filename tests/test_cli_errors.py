@@ -218,6 +218,41 @@ def test_eval_out_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys
     assert target.read_text() == SENTINEL
 
 
+@pytest.mark.parametrize("command", ["loss", "hellaswag"])
+def test_eval_out_dir_below_a_file_is_refused_before_any_work(tmp_path, capsys, command):
+    """`--out-dir FILE/x` was only tried once the evaluation was over, whose work was then lost
+    to `[Errno 20] Not a directory`; a missing model (and data) would be found first if the
+    evaluation began."""
+    target = tmp_path / "results.txt"
+    target.write_text(SENTINEL)
+    data = "x.txt" if command == "loss" else "x.jsonl"
+    argv = ["eval", command, "--model", "no-such-model", "--data", data]
+    assert main([*argv, "--out-dir", str(target / "sub")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"gpt124m eval: error: --out-dir {target / 'sub'}: {target} is a file, not a directory"
+    ]
+    assert target.read_text() == SENTINEL
+
+
+@pytest.mark.parametrize("command", ["train", "sft"])
+@pytest.mark.parametrize("below", [False, True], ids=["file", "below-a-file"])
+def test_run_out_dir_that_is_a_file_is_named_before_any_work(
+    tmp_path, inputs, capsys, command, below
+):
+    """`train --out-dir /etc/passwd` said `[Errno 17] File exists: '/etc/passwd'`, after the model
+    and the data had loaded."""
+    target = tmp_path / "a_file"
+    target.write_text(SENTINEL)
+    out = target / "sub" if below else target
+    argv = train_argv(inputs) if command == "train" else sft_argv(inputs)
+    assert main([*argv, "--out-dir", str(out)]) == 2
+    what = f"{target} is a file" if below else "a file"
+    assert capsys.readouterr().err.splitlines() == [
+        f"gpt124m {command}: error: --out-dir {out}: {what}, not a directory"
+    ]
+    assert target.read_text() == SENTINEL
+
+
 def test_quickstart_replaces_only_its_own_previous_run(tmp_path, capsys, fixed_batches, run_config):
     """Another run's checkpoints in --out-dir are refused, and stay; a quickstart's are fair game.
     (They were deleted before the data was checked, so a later error lost them as well.)"""

@@ -82,3 +82,20 @@ def atomic_save_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path
+
+
+def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir") -> Path:
+    """`path` as a Path, once it is a folder this process can write in or could create: a
+    one-line OSError otherwise, before the work whose results go there rather than after it.
+    Creates nothing, so a run that fails later leaves no empty folder behind."""
+    out = Path(path).expanduser()
+    probe = out.absolute()
+    while not (probe.exists() or probe.is_symlink()) and probe != probe.parent:
+        probe = probe.parent  # exists() is also False below a file: the file stops the climb
+    if not probe.is_dir():
+        where = "" if probe == out.absolute() else f"{probe} is "
+        kind = "a file, not a directory" if probe.is_file() else "exists and is not a directory"
+        raise NotADirectoryError(f"{flag} {path}: {where}{kind}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path}: {probe} is not writable")
+    return out

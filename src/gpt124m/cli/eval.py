@@ -83,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    out = Path(args.out_dir).expanduser() if args.out_dir else None
-    if out is not None and out.exists() and not out.is_dir():  # found before the work
-        raise NotADirectoryError(f"--out-dir {args.out_dir}: a file, not a directory")
+    if args.out_dir:  # found before the evaluation, not when its results are written
+        from gpt124m.atomic import check_out_dir
+
+        check_out_dir(args.out_dir)
     from gpt124m.train import distributed  # torch: after the cheap checks
 
     info = distributed.init(args.device)

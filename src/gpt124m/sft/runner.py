@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpt124m.atomic import atomic_write_text
+from gpt124m.atomic import atomic_write_text, check_out_dir
 from gpt124m.device import resolve_precision
 from gpt124m.model import GPT
 from gpt124m.sft import data as sft_data
@@ -177,6 +177,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     cfg.validate()
     checkpointing.check_resume(cfg.resume)  # before loading the model and the data
     check_source_survives(cfg.out_dir, cfg.base, "--base")
+    check_out_dir(cfg.out_dir)  # a file in the way: now, not after the model and data load
     check_trackers(tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project)
     info = distributed.init(cfg.device)
     try:

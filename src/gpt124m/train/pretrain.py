@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from gpt124m.atomic import check_out_dir
 from gpt124m.device import resolve_precision
 from gpt124m.model import GPT
 from gpt124m.train import autobatch, checkpointing, distributed
@@ -30,6 +31,7 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
     cfg.validate()
     checkpointing.check_resume(cfg.resume)  # before any work, not after the model and data
     check_source_survives(cfg.out_dir, cfg.model, "--model")
+    check_out_dir(cfg.out_dir)  # a file in the way: now, not after the model and data load
     check_trackers(tensorboard=cfg.tensorboard, wandb_project=cfg.wandb_project)
     info = distributed.init(cfg.device)
     try:
