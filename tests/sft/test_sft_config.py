@@ -152,3 +152,14 @@ def test_sft_takes_the_optimizer_choice():
         parse(["--base", "gpt2", "--optimizer", "lion"])
     with pytest.raises(ValueError, match="--optimizer 'lion'"):
         SFTConfig(base="gpt2", optimizer="lion").validate()
+
+
+def test_lora_settings_given_to_a_full_fine_tune_are_named_as_unused(caplog):
+    with caplog.at_level("WARNING"):
+        parse(["--base", "gpt2", "--lora-r", "4", "--no-merge"]).validate()
+    assert "--lora-r, --merge: LoRA settings, unused by --method full" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        parse(["--base", "gpt2", "--method", "lora", "--lora-r", "4"]).validate()
+        parse(["--base", "gpt2"]).validate()  # the defaults say nothing
+    assert "unused" not in caplog.text

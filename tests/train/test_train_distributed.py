@@ -11,6 +11,8 @@ import textwrap
 import pytest
 import torch.distributed as dist
 
+from gpt124m.config import get_preset
+from gpt124m.model import GPT
 from gpt124m.train import distributed
 
 
@@ -80,3 +82,12 @@ def test_each_rank_draws_its_own_dropout_masks(tmp_path):
     zero, one = (json.loads((tmp_path / f"masks{r}.json").read_text()) for r in (0, 1))
     assert len(zero) == len(one) == 2  # micro-batches of 2 rows, two per rank
     assert zero != one
+
+
+def test_fsdp_in_one_process_says_nothing_is_sharded(caplog):
+    """`--parallel fsdp` without torchrun trains as one process; it was silent about it."""
+    model = GPT(get_preset("tiny"))
+    with caplog.at_level("WARNING"):
+        assert distributed.wrap(model, distributed.Dist(), "fsdp") is model
+        distributed.wrap(model, distributed.Dist(), "ddp")
+    assert caplog.text.count("not under torchrun") == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from gpt124m.train.config import (
     config_from_args,
     load_recipe,
 )
+
+log = logging.getLogger(__name__)
 
 METHODS = ("full", "lora")
 PAD_TO = ("block", "longest")
@@ -180,6 +183,15 @@ class SFTConfig(TrainConfig):
             raise bad("lora_dropout", "must be in [0, 1)")
         if self.method == "lora" and self.parallel == "fsdp":
             raise bad("parallel", "LoRA trains under DDP; FSDP is for full fine-tuning")
+        if self.method == "full":
+            unused = [
+                f"--{f.name.replace('_', '-')}"
+                for f in dataclasses.fields(self)
+                if (f.name.startswith("lora_") or f.name == "merge")
+                and getattr(self, f.name) != f.default
+            ]
+            if unused:
+                log.warning("%s: LoRA settings, unused by --method full", ", ".join(unused))
         # The pretraining checks, with placeholders for what is resolved later.
         placeholders = {
             "seq_len": 1 if self.seq_len is None else self.seq_len,

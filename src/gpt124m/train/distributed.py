@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ import torch.distributed as dist
 from torch import nn
 
 from gpt124m.device import resolve_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ def shutdown() -> None:
 def wrap(model: nn.Module, info: Dist, parallel: str) -> nn.Module:
     """DDP replicates; FSDP2 `fully_shard` shards each block, then the root (tied embeddings)."""
     if not info.enabled:
+        if parallel == "fsdp":
+            log.warning("--parallel fsdp: one process (not under torchrun), so nothing is sharded")
         return model
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
