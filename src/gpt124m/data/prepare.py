@@ -29,6 +29,7 @@ import numpy as np
 
 from gpt124m.data import shards as fmt
 from gpt124m.data.encoding import COUNTERS, Chunk, encoded_chunks, stream_position
+from gpt124m.data.revision import recorded
 from gpt124m.data.sources import Source, open_source
 from gpt124m.data.writer import (
     MAX_SMALL_SHARDS,
@@ -56,6 +57,7 @@ class PrepareConfig:
     out_dir: str = option("data/fineweb-edu", "output directory", aliases=("--out",))
     hf_config: str | None = option("sample-10BT", "hub dataset config ('' for none)")
     split: str = option("train", "hub dataset split")
+    revision: str | None = option(None, "hub dataset commit/branch/tag (default: main's, recorded)")
     text_field: str = option("text", "field holding the text (json, parquet, hub)")
     split_lines: bool = option(
         False, "split .txt files into documents at blank lines (default: one document per file)"
@@ -151,6 +153,9 @@ def _check_writable(out: Path) -> None:
 def _same_settings(old: dict, new: dict) -> bool:
     if new["val_tokens"] == "auto" and old.get("val_tokens") == old.get("shard_tokens"):
         old = {**old, "val_tokens": "auto"}  # what earlier versions recorded for the default
+    source = old.get("source")
+    if isinstance(source, dict) and "revision" in new["source"] and "revision" not in source:
+        old = {**old, "source": {**source, "revision": new["source"]["revision"]}}  # recorded none
     return old == new
 
 
@@ -225,6 +230,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         split=cfg.split,
         text_field=cfg.text_field,
         split_lines=cfg.split_lines,
+        revision=cfg.revision or recorded(cfg.out_dir, cfg.source, cfg.hf_config, cfg.split),
     )
     out = Path(cfg.out_dir)
     created = _missing_dirs(out)

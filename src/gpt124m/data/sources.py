@@ -49,6 +49,7 @@ def open_source(
     split: str = "train",
     text_field: str = "text",
     split_lines: bool = False,
+    revision: str | None = None,
 ) -> Source:
     """Resolve `source`: "builtin", an existing path/dir, a glob, else a hub dataset id. A
     local copy of a hub dataset (a folder with a dataset card) is read as the hub would read it:
@@ -84,7 +85,9 @@ def open_source(
             total_bytes=sum(p.stat().st_size for p in files),
         )
     if _HUB_ID.fullmatch(source) and not source.endswith(LOCAL_SUFFIXES):
-        return open_hf(source, hf_config=hf_config, split=split, text_field=text_field)
+        return open_hf(
+            source, hf_config=hf_config, split=split, text_field=text_field, revision=revision
+        )
     raise FileNotFoundError(
         f"source not found: {source!r} is not 'builtin', an existing file or directory, a glob "
         "matching files, or a Hugging Face dataset id (owner/name)"
@@ -254,8 +257,16 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[Document]:
             yield text, 0
 
 
-def open_hf(source: str, *, hf_config: str | None, split: str, text_field: str) -> Source:
-    """Stream a Hugging Face dataset (also works on a local dataset directory)."""
+def open_hf(
+    source: str,
+    *,
+    hf_config: str | None,
+    split: str,
+    text_field: str,
+    revision: str | None = None,
+) -> Source:
+    """Stream a Hugging Face dataset (also works on a local dataset directory); from the hub, at
+    one commit, which the manifest records (`revision.py`)."""
     try:
         import datasets
     except ImportError as e:
@@ -263,8 +274,15 @@ def open_hf(source: str, *, hf_config: str | None, split: str, text_field: str) 
             "streaming a Hugging Face dataset needs the `data` extra: pip install 'gpt124m[data]'"
         ) from e
     where = f"Hugging Face dataset {source!r} (config {hf_config!r}, split {split!r})"
+    remote = not Path(source).exists()
+    if remote:
+        from gpt124m.data.revision import commit_of
+
+        revision = commit_of(source, revision)
     try:
-        ds = datasets.load_dataset(source, name=hf_config, split=split, streaming=True)
+        ds = datasets.load_dataset(
+            source, name=hf_config, split=split, streaming=True, revision=revision
+        )
     except Exception as e:  # the hub raises many types; all mean "cannot open this"
         hint = "" if Path(source).exists() else " (nor is it a local file or directory)"
         raise ValueError(f"cannot open {where}{hint}: {type(e).__name__}: {e}") from e
@@ -284,6 +302,8 @@ def open_hf(source: str, *, hf_config: str | None, split: str, text_field: str) 
 
     describe = {"kind": "huggingface", "dataset": source, "config": hf_config, "split": split}
     describe["text_field"] = text_field
+    if remote:
+        describe["revision"] = revision
     return Source(describe, documents, total_documents=total)
 
 

@@ -1,0 +1,92 @@
+"""A hub dataset is read at one commit, recorded in the manifest: a resume reads that commit even
+after the dataset moved on, so two versions are never spliced into one set of shards."""
+
+import json
+import types
+
+import pytest
+
+from gpt124m.data.prepare import PrepareConfig, prepare
+
+from .test_data_prepare import DOCS, all_tokens, expected_tokens
+
+OLD, NEW = "a" * 40, "b" * 40
+VERSIONS = {OLD: DOCS, NEW: [f"Rewritten: {d}" for d in DOCS]}
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The hub, faked where the network would be: `main` names a commit, each commit its rows."""
+    datasets = pytest.importorskip("datasets")
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    state = types.SimpleNamespace(main=OLD, streamed=[])
+
+    def dataset_info(self, repo_id, revision=None, **kwargs):
+        assert repo_id == "someone/corpus"
+        sha = state.main if revision in (None, "main") else revision
+        if sha not in VERSIONS:
+            raise huggingface_hub.errors.RevisionNotFoundError(f"no revision {revision}")
+        return types.SimpleNamespace(sha=sha)
+
+    def load_dataset(path, name=None, split=None, streaming=False, revision=None):
+        state.streamed.append(revision)
+        return [
+            {"text": text} for text in VERSIONS[revision or state.main]
+        ]  # None: the main branch
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.chdir(tmp_path)  # "someone/corpus" is no local folder
+    return state
+
+
+def run(out, **kw):
+    cfg = PrepareConfig(source="someone/corpus", out_dir=str(out), hf_config=None, workers=1,
+                        progress=False, shard_tokens=300, val_tokens=100, **kw)  # fmt: skip
+    return prepare(cfg)
+
+
+def test_a_resume_reads_the_commit_the_first_run_recorded(hub, tmp_path):
+    out = tmp_path / "out"
+    manifest = run(out)
+    assert manifest["settings"]["source"]["revision"] == OLD and hub.streamed == [OLD]
+    # interrupted after its first shards; meanwhile the dataset moved on
+    path = out / "manifest.json"
+    data = json.loads(path.read_text())
+    data["complete"], data["shards"] = False, data["shards"][:2]
+    path.write_text(json.dumps(data))
+    hub.main = NEW
+    resumed = run(out)
+    assert hub.streamed == [OLD, OLD]
+    assert (all_tokens(out, resumed) == expected_tokens(VERSIONS[OLD])).all()
+    # a new run reads the newest commit; asking for another one in the old folder is refused
+    assert run(tmp_path / "fresh")["settings"]["source"]["revision"] == NEW
+    with pytest.raises(ValueError, match="other settings or another source"):
+        run(out, revision=NEW)
+    with pytest.raises(ValueError, match="--revision v9: not found for dataset someone/corpus"):
+        run(tmp_path / "typo", revision="v9")
+
+
+def test_a_manifest_from_before_revisions_still_resumes(hub, tmp_path):
+    out = tmp_path / "out"
+    run(out)
+    path = out / "manifest.json"
+    data = json.loads(path.read_text())
+    del data["settings"]["source"]["revision"]
+    data["complete"], data["shards"] = False, data["shards"][:2]
+    path.write_text(json.dumps(data))
+    resumed = run(out)
+    assert (all_tokens(out, resumed) == expected_tokens(DOCS)).all()
+
+
+def test_offline_the_commit_is_unknown_and_said_so(hub, monkeypatch, tmp_path, caplog):
+    import huggingface_hub
+
+    def offline(self, repo_id, revision=None, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", offline)
+    with caplog.at_level("WARNING"):
+        manifest = run(tmp_path / "out", max_tokens=200)
+    assert manifest["settings"]["source"]["revision"] is None and hub.streamed == [None]
+    assert "could not look up the current commit of someone/corpus" in caplog.text
