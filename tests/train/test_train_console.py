@@ -126,3 +126,43 @@ def test_sigterm_stops_like_ctrl_c_and_says_where_to_resume(data_dir, tmp_path):
     resumed = train(data_dir, out, "--max-steps", str(step + 1), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {out / 'checkpoints' / last} at step" in resumed.stderr
+
+
+def test_a_run_whose_log_reader_died_is_an_error_not_a_success(data_dir, tmp_path):
+    """`gpt124m train ... | head -2`: the run stops, and says so; only a command whose product is
+    its output (generate) ends quietly when the reader has gone."""
+    argv = [
+        sys.executable, "-m", "gpt124m", "train", "--model", "tiny", "--data-dir", str(data_dir),
+        "--out-dir", str(tmp_path / "run"), "--seq-len", "16", "--micro-batch-size", "2",
+        "--total-batch-tokens", "32", "--warmup-steps", "1", "--sample-every", "0",
+        "--eval-every", "0", "--precision", "fp32", "--max-steps", "50", "--log-every", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=240) == 2, err
+    assert err.strip().splitlines()[-1] == "gpt124m train: error: [Errno 32] Broken pipe", err
+
+
+def test_sigterm_is_left_to_torchrun_in_its_workers_and_restored_after(monkeypatch):
+    """A rank blocked in a collective runs no Python handler: under torchrun SIGTERM keeps its
+    default, which ends the process at once; called as a library, main() puts back the
+    handler it found."""
+    from gpt124m import cli
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert cli.main(["info", "--preset", "tiny"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+        assert cli._terminate_as_interrupt() is cli._NOT_INSTALLED
+        assert signal.getsignal(signal.SIGTERM) is mine
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+        assert cli._terminate_as_interrupt() is mine
+        assert signal.getsignal(signal.SIGTERM) is cli._raise_terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)

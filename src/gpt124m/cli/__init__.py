@@ -87,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = _terminate_as_interrupt()
     try:
         return int(args._run(args) or 0)
-    except BrokenPipeError:  # `gpt124m generate ... | head`: the reader has what it wanted
-        _silence_stdout()
+    except BrokenPipeError as e:
+        if args.command not in TEXT_OUT:  # a run whose log reader died has not finished
+            print(f"gpt124m {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        _silence_stdout()  # `gpt124m generate ... | head`: the reader has what it wanted
         return 0
     except (ValueError, OSError) as e:  # bad input, and a full disk or a file in the way
         print(f"gpt124m {args.command}: error: {e}", file=sys.stderr)
@@ -106,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt124m {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if previous is not _NOT_INSTALLED:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _unknown_home(argv: list[str] | None) -> str:
@@ -123,9 +126,14 @@ def _unknown_home(argv: list[str] | None) -> str:
     return "a path names the home folder of a user this machine does not have"
 
 
+TEXT_OUT = ("generate", "chat", "info")  # commands whose product is their standard output
+LAUNCHED_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker
+_NOT_INSTALLED = object()
+
+
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's stop, `kill`, torchrun stopping its workers) as an interrupt: the
-    run stops as Ctrl-C stops it, saying where to resume, instead of vanishing mid-line."""
+    """SIGTERM (a scheduler's stop, `kill`) as an interrupt: the run stops as Ctrl-C stops it,
+    saying where to resume, instead of vanishing mid-line."""
 
 
 def _raise_terminated(signum, frame):
@@ -133,10 +141,12 @@ def _raise_terminated(signum, frame):
 
 
 def _terminate_as_interrupt():
-    """Install the SIGTERM handler; the one it replaces (None off the main thread, where
-    signals cannot be handled)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+    """Install the SIGTERM handler and return the one it replaces; not off the main thread
+    (signals cannot be handled there), and not under torchrun: a rank blocked in a collective
+    (a peer died) runs no Python handler, so torchrun's SIGTERM must end it as the default
+    does, at once, not 30 s later by SIGKILL."""
+    if threading.current_thread() is not threading.main_thread() or LAUNCHED_ENV in os.environ:
+        return _NOT_INSTALLED
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
