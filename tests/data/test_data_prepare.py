@@ -272,6 +272,18 @@ def test_a_local_hub_dataset_without_configs_reads_only_the_split_asked(tmp_path
         check(out, prepare(cfg(repo, out, split=split)), docs)
 
 
+def test_a_folder_with_a_card_but_no_hub_splits_is_read_file_by_file(tmp_path):
+    """A front-matter README alone does not make a folder a hub dataset: its text files are
+    documents, whole, as before (`datasets` would read them line by line, as split 'train')."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "README.md").write_text("---\nlicense: mit\n---\n# My notes\n")
+    (tmp_path / "corpus" / "essay.txt").write_text(DOCS[0])
+    (tmp_path / "corpus" / "unit-test-notes.txt").write_text(DOCS[3])  # no split: not a name
+    manifest = prepare(cfg(tmp_path / "corpus", tmp_path / "out"))
+    assert manifest["settings"]["source"]["kind"] == "local"
+    check(tmp_path / "out", manifest, [DOCS[0], DOCS[3]])
+
+
 def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     (tmp_path / "a.txt").write_bytes("good \ufffd kept ".encode() + b"bad \xff\xfe and \xc3 end")
     (tmp_path / "b.txt").write_bytes(b"clean text")

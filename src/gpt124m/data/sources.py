@@ -60,7 +60,8 @@ def open_source(
     if source == "builtin":
         return Source(builtin.describe(), lambda: ((d, 0) for d in builtin.documents()))
     configs = dataset_configs(Path(source))
-    if configs is not None:  # the card's configs, or the hub's file-name conventions
+    if configs is not None and (configs or len(named_splits(Path(source))) > 1):
+        # the card's configs, or splits named as the hub names them (`data/test-*`)
         if configs and hf_config not in configs:
             if len(configs) > 1:
                 raise ValueError(
@@ -115,6 +116,26 @@ def dataset_configs(path: Path) -> list[str] | None:
     if not isinstance(entries, list):
         return []
     return [e["config_name"] for e in entries if isinstance(e, dict) and "config_name" in e]
+
+
+_SPLIT_NAMES = {"train": "train", "training": "train", "test": "test", "testing": "test",
+                "validation": "validation", "valid": "validation", "val": "validation",
+                "dev": "validation", "eval": "test", "evaluation": "test"}  # fmt: skip
+_SPLIT_WORD = re.compile(r"^([a-z]+)(?:[-._ 0-9]|$)")
+
+
+def named_splits(folder: Path) -> set[str]:
+    """The splits a folder's file and folder names mark as the hub reads them (`train-0.parquet`,
+    `data/test-00000-of-00001.parquet`, `validation/x.jsonl`)."""
+    found = set()
+    for path in folder.rglob("*"):
+        if not path.is_file() or path.suffix.lower() not in LOCAL_SUFFIXES:
+            continue
+        for part in path.relative_to(folder).parts:
+            match = _SPLIT_WORD.match(part.lower())
+            if match and match.group(1) in _SPLIT_NAMES:
+                found.add(_SPLIT_NAMES[match.group(1)])
+    return found
 
 
 def local_files(source: str) -> list[Path]:
