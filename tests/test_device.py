@@ -4,6 +4,7 @@ runs exactly as they were."""
 import pytest
 import torch
 
+from gpt124m import device
 from gpt124m.device import TF32_ENV, is_out_of_memory, to_device, use_tf32
 
 OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
@@ -63,3 +64,34 @@ def test_out_of_memory_is_told_apart_from_other_errors():
     assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def _cgroup(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_host_memory_counts_a_cgroups_reclaimable_page_cache_as_free(tmp_path, version):
+    """A container capped at 2 GiB, 1.9 GiB in use of which 1.5 GiB is inactive page cache (the
+    shards a run just wrote): about 1.6 GiB can still be had, not 0.1."""
+    gib = 2**30
+    names = (
+        ("memory.max", "memory.current", "memory.stat", "inactive_file")
+        if version == 2
+        else ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+              "memory/memory.stat", "total_inactive_file")
+    )  # fmt: skip
+    limit, usage, stat, cache = names
+    root = _cgroup(tmp_path, {limit: str(2 * gib), usage: str(int(1.9 * gib)),
+                              stat: f"active_file 1\n{cache} {int(1.5 * gib)}\nanon 7\n"})  # fmt: skip
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  16777216 kB\nMemAvailable:  8388608 kB\n")  # 8 GiB
+    free = 2 * gib - (int(1.9 * gib) - int(1.5 * gib))
+    assert device.available_host_memory(root, meminfo) == free
+    # no cap: the host's own figure; neither readable: unknown
+    no_cap = _cgroup(tmp_path / "none", {limit: "max" if version == 2 else str(2**63 - 4096)})
+    assert device.available_host_memory(no_cap, meminfo) == 8 * gib
+    assert device.available_host_memory(tmp_path / "x", tmp_path / "y") is None

@@ -120,21 +120,37 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def available_host_memory() -> int | None:
-    """Bytes of host memory a new allocation can have: the kernel's MemAvailable, or less where
-    a cgroup (a container) caps the process; None where neither can be read."""
+def available_host_memory(
+    cgroup: Path = Path("/sys/fs/cgroup"), meminfo: Path = Path("/proc/meminfo")
+) -> int | None:
+    """An estimate of the bytes of host memory a new allocation can have: the kernel's
+    MemAvailable, or less where a cgroup (a container) caps the process, counting the cgroup's
+    inactive page cache as free (the kernel reclaims it: the shards a run reads sit there);
+    None where neither can be read."""
     found = []
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 found.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        root = Path("/sys/fs/cgroup")
-        limit = (root / "memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int((root / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
+    # cgroup v2's files, then v1's: (limit, usage, stat, the stat's inactive page cache)
+    for limit, usage, stat, cache in (
+        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+        (
+            "memory/memory.limit_in_bytes",
+            "memory/memory.usage_in_bytes",
+            "memory/memory.stat",
+            "total_inactive_file",
+        ),
+    ):
+        try:
+            cap = (cgroup / limit).read_text().strip()
+            if cap == "max" or int(cap) >= 2**62:  # v1 writes "no limit" as a huge number
+                continue
+            stats = dict(line.split() for line in (cgroup / stat).read_text().splitlines())
+            used = int((cgroup / usage).read_text()) - int(stats.get(cache, 0))
+            found.append(int(cap) - max(used, 0))
+        except (OSError, ValueError):
+            continue
     return min(found) if found else None
