@@ -123,6 +123,11 @@ def test_mismatched_weights_name_the_file(tiny_model_dir, tmp_path):
     config = json.loads(path.read_text())
     config["model"]["n_embd"] = 64  # weights are 32 wide
     path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model.safetensors: the config's n_embd is 64, but "):
+        load_model(model_dir)
+    config["model"]["n_embd"] = 32
+    config["model"]["vocab_size"] = 1000  # 1,024 embedding rows; the weights hold 50,304
+    path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"model.safetensors.*wrong shape"):
         load_model(model_dir)
 

@@ -131,8 +131,8 @@ def fresh_model(preset: str, *, dropout: float = 0.0, seed: int = 0) -> GPT:
     if have is not None and need > have:
         raise ValueError(
             f"{preset}: its fp32 weights alone need {need / 2**30:,.1f} GiB, and this machine "
-            f"has about {have / 2**30:,.1f} GiB of memory available (`gpt124m info --preset {preset}` "
-            "shows what training needs)"
+            f"has about {have / 2**30:,.1f} GiB of memory available "
+            f"(`gpt124m info --preset {preset}` shows what training needs)"
         )
     torch.manual_seed(seed)
     return GPT(config)
