@@ -538,6 +538,10 @@ def test_absurdly_small_shards_are_refused_at_once(tmp_path):
         ValueError, match="shard_tokens 1 is below 1,024.* --max-tokens 1,000 needs"
     ):
         prepare(cfg("builtin", tmp_path / "capped", shard_tokens=1, max_tokens=1000))
+    # the splits are sharded apart: 1 + 100 shards of 500 here, refused up front too
+    with pytest.raises(ValueError, match="--max-tokens 50,000 needs 101"):
+        prepare(cfg("builtin", tmp_path / "capped", shard_tokens=500, max_tokens=50_000,
+                    val_tokens=250))  # fmt: skip
     out = tmp_path / "data" / "builtin"
     started = time.perf_counter()
     with pytest.raises(ValueError, match="shard_tokens 1 is below 1,024, which only a source of at "

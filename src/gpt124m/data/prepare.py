@@ -88,7 +88,8 @@ class PrepareConfig:
                 f"shard_tokens must be between 1 and {MAX_SHARD_TOKENS:,}, got {self.shard_tokens}"
             )
         if self.shard_tokens < MIN_SHARD_TOKENS and self.max_tokens is not None:
-            shards = -(-self.max_tokens // self.shard_tokens)
+            val = min(self.resolved_val_tokens, self.max_tokens)  # the splits shard apart
+            shards = -(-val // self.shard_tokens) + -(-(self.max_tokens - val) // self.shard_tokens)
             if shards > MAX_SMALL_SHARDS:
                 raise too_many_small_shards(
                     self.shard_tokens, f"--max-tokens {self.max_tokens:,} needs {shards:,}"
