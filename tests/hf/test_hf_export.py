@@ -236,6 +236,11 @@ def test_force_replaces_an_earlier_export_only(native_dir, gpt2_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or backup left
     export(native_dir, out, fmt="gpt2", force=True)  # and back
     assert read_config(out)["model_type"] == "gpt2" and not (out / NETWORK_FILE).exists()
+    # hidden metadata (`hf download --local-dir` leaves .cache/) does not make it another thing
+    (out / ".cache" / "huggingface").mkdir(parents=True)
+    (out / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    export(native_dir, out, force=True)
+    assert read_config(out)["model_type"] == "gpt124m"
 
 
 def test_force_never_deletes_a_folder_that_is_not_an_export(native_dir, remote_dir, tmp_path):
@@ -250,17 +255,22 @@ def test_force_never_deletes_a_folder_that_is_not_an_export(native_dir, remote_d
     (with_notes / "notes.txt").write_text("mine")
     trained = tmp_path / "trained"
     shutil.copytree(native_dir, trained)  # only names an export writes, but no export's config
+    clone = tmp_path / "clone"  # `git clone` of the hub repo: its history is not ours to drop
+    shutil.copytree(remote_dir, clone)
+    (clone / ".git").mkdir()
+    (clone / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     cases = [
         (runs, "holds a, a folder"),
         (with_notes, "holds notes.txt, which an export never writes"),
         (trained, "its config.json is not an export's"),
+        (clone, "holds .git, a git repository"),
     ]
     for out, why in cases:
         before = snapshot(out)
         with pytest.raises(ValueError, match=f"not an earlier export \\({why}"):
             export(remote_dir, out, force=True)
         assert snapshot(out) == before, out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "runs", "trained"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clone", "notes", "runs", "trained"]
 
 
 def test_failed_export_leaves_nothing_behind(native_dir, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Where an export may go: absent, empty, or (with --force) an earlier export, replaced whole.
 
 `--force` deletes what it replaces, so it replaces only what `gpt124m export` can write again:
-a folder of plain files, each a name an export writes, whose config.json is an export's
+a folder of plain files, each a name an export writes (hidden metadata aside, though not a
+git clone's `.git`), whose config.json is an export's
 (`model_type` and `architectures`: gpt124m and GPT124MForCausalLM, or gpt2 and
 GPT2LMHeadModel). Anything else (a run's `checkpoints/` or `metrics.jsonl`, a model directory
 the trainer wrote, a stray file) is refused and left as it was: like training, which sets
@@ -43,6 +44,10 @@ def check_destination(out: Path, model_dir: Path, force: bool) -> None:
 def not_an_export(folder: Path) -> str | None:
     """Why `folder` is not something an export wrote, or None if it is one."""
     for entry in sorted(folder.iterdir()):
+        if entry.name == ".git":  # a clone of the hub repo: replacing it loses its history
+            return "holds .git, a git repository"
+        if entry.name.startswith("."):
+            continue  # .gitattributes, .DS_Store, `hf download`'s .cache/: metadata, not data
         if entry.is_symlink() or not entry.is_file():
             kind = "folder" if entry.is_dir() else "link or special file"
             return f"holds {entry.name}, a {kind}; an export writes plain files only"
