@@ -90,3 +90,57 @@ def test_offline_the_commit_is_unknown_and_said_so(hub, monkeypatch, tmp_path, c
         manifest = run(tmp_path / "out", max_tokens=200)
     assert manifest["settings"]["source"]["revision"] is None and hub.streamed == [None]
     assert "could not look up the current commit of someone/corpus" in caplog.text
+
+
+def test_a_resumed_stream_starts_where_it_stood_not_from_the_first_document(tmp_path, monkeypatch):
+    """A hub stream records its position (datasets' own state) with each shard: a resume near
+    the end of FineWeb-Edu opens the file it stood in, instead of streaming and dropping every
+    document before it. The shards equal an uninterrupted run's."""
+    datasets = pytest.importorskip("datasets")
+    from gpt124m.data import encoding
+
+    from .test_data_prepare import write_parquet
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(encoding, "CHUNK_DOCS", 5)  # many chunks, so a state after each
+    repo = tmp_path / "ds"
+    (repo / "data").mkdir(parents=True)
+    files = [
+        [f"File {f}, document {d}: " + "words " * (5 + d) for d in range(20)] for f in range(3)
+    ]
+    for f, docs in enumerate(files):
+        write_parquet(repo / "data" / f"train-{f:05d}-of-00003.parquet", docs)
+    (repo / "data" / "test-00000-of-00001.parquet").write_bytes(
+        (repo / "data" / "train-00000-of-00003.parquet").read_bytes()
+    )
+    (repo / "README.md").write_text("---\nlicense: mit\n---\n")
+    every = [d for docs in files for d in docs]
+
+    def config(out):
+        return PrepareConfig(source=str(repo), out_dir=str(out), hf_config=None, workers=1,
+                             progress=False, shard_tokens=400, val_tokens=200)  # fmt: skip
+
+    out = tmp_path / "out"
+    straight = prepare(config(out))
+    assert (all_tokens(out, straight) == expected_tokens(every)).all()
+    # interrupted after its third shard, which ended in the third file
+    path = out / "manifest.json"
+    data = json.loads(path.read_text())
+    end = data["shards"][2]["end"]
+    assert end["stream"]["document"] <= end["document"] and end["document"] > 40
+    data["complete"], data["shards"] = False, data["shards"][:3]
+    path.write_text(json.dumps(data))
+    yielded = []
+    real = datasets.IterableDataset.__iter__
+
+    def counted(self):
+        for row in real(self):
+            yielded.append(row)
+            yield row
+
+    monkeypatch.setattr(datasets.IterableDataset, "__iter__", counted)
+    resumed = prepare(config(out))
+    assert (all_tokens(out, resumed) == expected_tokens(every)).all()
+    assert resumed["shards"] == straight["shards"]
+    skipped = end["document"] - end["stream"]["document"]
+    assert len(yielded) == len(every) - end["document"] + skipped  # none from before the state

@@ -28,6 +28,9 @@ class Chunk:
     ends: np.ndarray  # cumulative token count at the end of each document
     counts: np.ndarray  # [n_docs, len(COUNTERS)] per-document contributions to the counters
     chars: int
+    # where a source that can resume (a hub stream) stands after this chunk: {"document": index
+    # of the next document, "state": the source's own state}; None for one that cannot
+    after: dict | None = None
 
 
 def stream_position(
@@ -70,36 +73,59 @@ def encode_chunk(first: int, docs: list[Document]) -> Chunk:
     return Chunk(first, np.array(ids, dtype=np.uint16), np.cumsum(lengths), counts, chars)
 
 
-def _batches(docs: Iterator[Document], start: int) -> Iterator[tuple[int, list[Document]]]:
+def _batches(
+    docs: Iterator[Document], start: int, source: Source
+) -> Iterator[tuple[int, list[Document], dict | None]]:
+    """Batches of documents, each with the stream point after it (read in this thread, between
+    documents, where the source's state is exact)."""
     batch: list[Document] = []
     chars = 0
     first = start
+
+    def after() -> dict | None:
+        state = source.state() if source.state else None
+        return None if state is None else {"document": first + len(batch), "state": state}
+
     for doc in docs:
         batch.append(doc)
         chars += len(doc[0] or "")
         if chars >= CHUNK_CHARS or len(batch) >= CHUNK_DOCS:
-            yield first, batch
+            yield first, batch, after()
             first += len(batch)
             batch, chars = [], 0
     if batch:
-        yield first, batch
+        yield first, batch, after()
 
 
-def encoded_chunks(source: Source, start: int, workers: int) -> Iterator[Chunk]:
-    """Encoded chunks in source order from document `start` on, `workers` threads ahead."""
-    docs = source.documents()
-    for _ in range(start):
+def encoded_chunks(
+    source: Source, start: int, workers: int, resume_at: dict | None = None
+) -> Iterator[Chunk]:
+    """Encoded chunks in source order from document `start` on, `workers` threads ahead.
+    `resume_at`, a point a chunk recorded (`Chunk.after`) at or before `start`, lets a source
+    that can resume skip there at once (a hub stream: whole files unread), not document by
+    document from the beginning."""
+    if resume_at is not None and source.resume is not None:
+        docs, skip = source.resume(resume_at["state"]), start - resume_at["document"]
+    else:
+        docs, skip = source.documents(), start
+    for _ in range(skip):
         if next(docs, None) is None:
             raise ValueError("the source has fewer documents than the earlier run recorded")
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         pending: collections.deque = collections.deque()
         try:
-            for first, batch in _batches(docs, start):
-                pending.append(pool.submit(encode_chunk, first, batch))
+            for first, batch, after in _batches(docs, start, source):
+                pending.append((pool.submit(encode_chunk, first, batch), after))
                 while len(pending) > 2 * workers:
-                    yield pending.popleft().result()
+                    yield _done(*pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield _done(*pending.popleft())
         finally:
-            for future in pending:
+            for future, _ in pending:
                 future.cancel()
+
+
+def _done(future: concurrent.futures.Future, after: dict | None) -> Chunk:
+    chunk = future.result()
+    chunk.after = after
+    return chunk

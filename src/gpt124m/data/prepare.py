@@ -267,9 +267,10 @@ def _prepare_into(cfg: PrepareConfig, source: Source, out: Path) -> dict:
     }
     shards = previous["shards"] if previous else []
     writer = ShardWriter(cfg, out, base, shards)
+    stream: dict | None = None  # a resume point (Chunk.after) at or before the current chunk
     if shards:
         end = shards[-1]["end"]
-        start_doc, offset = end["document"], end["offset"]
+        start_doc, offset, stream = end["document"], end["offset"], end.get("stream")
         totals = np.array([end[k] for k in COUNTERS], dtype=np.int64)
         log.info("resuming after %d complete shards (%s tokens)", len(shards), writer.written)
     else:
@@ -280,7 +281,8 @@ def _prepare_into(cfg: PrepareConfig, source: Source, out: Path) -> dict:
     marks: list | None = [] if cfg.val_tokens is None and not shards else None
 
     def position(chunk: Chunk, used: int) -> dict:
-        return stream_position(chunk.first, chunk.ends, chunk.counts, totals, used)
+        at = stream_position(chunk.first, chunk.ends, chunk.counts, totals, used)
+        return at if stream is None else {**at, "stream": stream}
 
     # A full buffer is written only once the stream goes on past it (or at the end), so a
     # source that ends exactly there can still be split.
@@ -293,7 +295,7 @@ def _prepare_into(cfg: PrepareConfig, source: Source, out: Path) -> dict:
     bar = _progress(cfg)
     bar.update(writer.written)
     try:
-        chunks = encoded_chunks(source, start_doc, cfg.workers)
+        chunks = encoded_chunks(source, start_doc, cfg.workers, resume_at=stream)
         for chunk in chunks:
             used, offset = offset, 0
             if marks is not None:
@@ -317,6 +319,7 @@ def _prepare_into(cfg: PrepareConfig, source: Source, out: Path) -> dict:
                 cut = used < n or any(len(later.tokens) for later in chunks)
                 break
             totals = totals + chunk.counts.sum(axis=0)
+            stream = chunk.after or stream
             next_doc = chunk.first + len(chunk.ends)
             chars_seen += chunk.chars
             docs_seen += len(chunk.ends)

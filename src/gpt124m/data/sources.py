@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gpt124m.data import builtin
 
@@ -40,6 +41,10 @@ class Source:
     documents: Callable[[], Iterator[Document]]
     total_bytes: int | None = None  # for the progress estimate
     total_documents: int | None = None
+    # a stream that can resume where it stood: `state()` between documents, JSON-able, and
+    # `resume(state)`, the documents from there on (a hub stream; local files re-read fast)
+    state: Callable[[], Any] | None = None
+    resume: Callable[[Any], Iterator[Document]] | None = None
 
 
 def open_source(
@@ -317,7 +322,9 @@ def open_hf(
     with contextlib.suppress(AttributeError, KeyError, TypeError):
         total = ds.info.splits[split].num_examples or None
 
-    def documents() -> Iterator[Document]:
+    def documents(state: Any = None) -> Iterator[Document]:
+        if state is not None:
+            ds.load_state_dict(state)  # `datasets` opens the file it stood in, at its row
         for i, record in enumerate(ds):
             yield _record_text(record, text_field, f"{where} record {i}"), 0
 
@@ -325,7 +332,14 @@ def open_hf(
     describe["text_field"] = text_field
     if remote:
         describe["revision"] = revision
-    return Source(describe, documents, total_documents=total)
+    resumable = callable(getattr(ds, "state_dict", None))
+    return Source(
+        describe,
+        documents,
+        total_documents=total,
+        state=ds.state_dict if resumable else None,
+        resume=documents if resumable else None,
+    )
 
 
 __all__ = ["Document", "Source", "decode_utf8", "local_documents", "local_files", "open_source"]
