@@ -349,3 +349,17 @@ def test_output_into_a_closed_pipe_ends_quietly(tiny_model_dir):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err, err
+
+
+def test_prepare_whose_reader_has_gone_still_finishes_its_shards(tmp_path):
+    """`gpt124m prepare ... | head -1`: the summary it prints comes after the shards are written;
+    a reader gone by then is no failure."""
+    out = tmp_path / "data"
+    argv = [sys.executable, "-m", "gpt124m", "prepare", "--source", "builtin", "--out-dir",
+            str(out), "--max-tokens", "20000", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Broken pipe" not in err
+    assert json.loads((out / "manifest.json").read_text())["complete"]

@@ -95,3 +95,11 @@ def test_host_memory_counts_a_cgroups_reclaimable_page_cache_as_free(tmp_path, v
     no_cap = _cgroup(tmp_path / "none", {limit: "max" if version == 2 else str(2**63 - 4096)})
     assert device.available_host_memory(no_cap, meminfo) == 8 * gib
     assert device.available_host_memory(tmp_path / "x", tmp_path / "y") is None
+
+
+def test_a_cgroup_cap_holds_when_its_stat_file_cannot_be_read(tmp_path):
+    gib = 2**30
+    root = _cgroup(tmp_path, {"memory.max": str(gib), "memory.current": str(gib // 4)})
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemAvailable:  8388608 kB\n")
+    assert device.available_host_memory(root, meminfo) == gib - gib // 4

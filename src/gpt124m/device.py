@@ -148,9 +148,17 @@ def available_host_memory(
             cap = (cgroup / limit).read_text().strip()
             if cap == "max" or int(cap) >= 2**62:  # v1 writes "no limit" as a huge number
                 continue
-            stats = dict(line.split() for line in (cgroup / stat).read_text().splitlines())
-            used = int((cgroup / usage).read_text()) - int(stats.get(cache, 0))
+            used = int((cgroup / usage).read_text()) - _stat(cgroup / stat, cache)
             found.append(int(cap) - max(used, 0))
         except (OSError, ValueError):
             continue
     return min(found) if found else None
+
+
+def _stat(path: Path, key: str) -> int:
+    """One counter of a cgroup's memory.stat; 0 where it cannot be read (the cap still holds)."""
+    try:
+        stats = dict(line.split() for line in path.read_text().splitlines())
+        return int(stats.get(key, 0))
+    except (OSError, ValueError):
+        return 0

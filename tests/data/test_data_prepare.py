@@ -270,6 +270,12 @@ def test_a_local_hub_dataset_without_configs_reads_only_the_split_asked(tmp_path
         assert hub == docs  # the reference: how `datasets` reads the folder
         out = tmp_path / f"out-{split}"
         check(out, prepare(cfg(repo, out, split=split)), docs)
+    # the split word after a separator names it too, as in datasets' own patterns
+    for name in ("train", "test"):
+        (repo / "data" / f"{name}-00000-of-00001.parquet").rename(repo / f"wiki-{name}.parquet")
+    hub = [r["text"] for r in datasets.load_dataset(str(repo), split="test", streaming=True)]
+    assert hub == test_docs
+    check(tmp_path / "wiki", prepare(cfg(repo, tmp_path / "wiki", split="test")), test_docs)
 
 
 def test_a_folder_with_a_card_but_no_hub_splits_is_read_file_by_file(tmp_path):

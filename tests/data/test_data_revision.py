@@ -19,10 +19,12 @@ def hub(monkeypatch, tmp_path):
     """The hub, faked where the network would be: `main` names a commit, each commit its rows."""
     datasets = pytest.importorskip("datasets")
     huggingface_hub = pytest.importorskip("huggingface_hub")
-    state = types.SimpleNamespace(main=OLD, streamed=[])
+    state = types.SimpleNamespace(main=OLD, streamed=[], offline=False)
 
     def dataset_info(self, repo_id, revision=None, **kwargs):
         assert repo_id == "someone/corpus"
+        if state.offline:
+            raise ConnectionError("no network")
         sha = state.main if revision in (None, "main") else revision
         if sha not in VERSIONS:
             raise huggingface_hub.errors.RevisionNotFoundError(f"no revision {revision}")
@@ -65,6 +67,30 @@ def test_a_resume_reads_the_commit_the_first_run_recorded(hub, tmp_path):
         run(out, revision=NEW)
     with pytest.raises(ValueError, match="--revision v9: not found for dataset someone/corpus"):
         run(tmp_path / "typo", revision="v9")
+    # the recorded commit needs no lookup: a resume offline still reads it
+    data["complete"], data["shards"] = False, data["shards"][:2]
+    path.write_text(json.dumps(data))
+    hub.offline = True
+    assert (all_tokens(out, run(out)) == expected_tokens(VERSIONS[OLD])).all()
+    with pytest.raises(ValueError, match="--revision main: only a hub dataset id has commits"):
+        prepare(PrepareConfig(source="builtin-copy", out_dir=str(tmp_path / "local"),
+                              revision="main", progress=False))  # fmt: skip
+
+
+def test_a_first_run_that_could_not_look_up_its_commit_still_resumes(hub, tmp_path, caplog):
+    out = tmp_path / "out"
+    hub.offline = True
+    run(out)
+    path = out / "manifest.json"
+    data = json.loads(path.read_text())
+    assert data["settings"]["source"]["revision"] is None
+    data["complete"], data["shards"] = False, data["shards"][:2]
+    path.write_text(json.dumps(data))
+    hub.offline = False
+    with caplog.at_level("WARNING"):
+        resumed = run(out)
+    assert "recorded no commit of the dataset; resuming at the newest" in caplog.text
+    assert (all_tokens(out, resumed) == expected_tokens(DOCS)).all()
 
 
 def test_a_manifest_from_before_revisions_still_resumes(hub, tmp_path):
@@ -144,3 +170,10 @@ def test_a_resumed_stream_starts_where_it_stood_not_from_the_first_document(tmp_
     assert resumed["shards"] == straight["shards"]
     skipped = end["document"] - end["stream"]["document"]
     assert len(yielded) == len(every) - end["document"] + skipped  # none from before the state
+    # a state another version of datasets wrote is not trusted: read from the start, counted
+    data["shards"][2]["end"]["stream"]["state"]["datasets"] = "0.0.0"
+    path.write_text(json.dumps(data))
+    yielded.clear()
+    again = prepare(config(out))
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in straight["shards"]]
+    assert len(yielded) == len(every)

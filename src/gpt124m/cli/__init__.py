@@ -126,7 +126,9 @@ def _unknown_home(argv: list[str] | None) -> str:
     return "a path names the home folder of a user this machine does not have"
 
 
-TEXT_OUT = ("generate", "chat", "info")  # commands whose product is their standard output
+# commands whose product is what they print (prepare and eval print results, once their work
+# is written): a reader gone means it has what it wanted
+TEXT_OUT = ("generate", "chat", "info", "prepare", "eval")
 LAUNCHED_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker
 _NOT_INSTALLED = object()
 

@@ -104,9 +104,10 @@ def encoded_chunks(
     `resume_at`, a point a chunk recorded (`Chunk.after`) at or before `start`, lets a source
     that can resume skip there at once (a hub stream: whole files unread), not document by
     document from the beginning."""
+    docs = None
     if resume_at is not None and source.resume is not None:
         docs, skip = source.resume(resume_at["state"]), start - resume_at["document"]
-    else:
+    if docs is None:
         docs, skip = source.documents(), start
     for _ in range(skip):
         if next(docs, None) is None:

@@ -155,8 +155,9 @@ def _same_settings(old: dict, new: dict) -> bool:
     if new["val_tokens"] == "auto" and old.get("val_tokens") == old.get("shard_tokens"):
         old = {**old, "val_tokens": "auto"}  # what earlier versions recorded for the default
     source = old.get("source")
-    if isinstance(source, dict) and "revision" in new["source"] and "revision" not in source:
-        old = {**old, "source": {**source, "revision": new["source"]["revision"]}}  # recorded none
+    if isinstance(source, dict) and new["source"].get("revision") and not source.get("revision"):
+        log.warning("the earlier run recorded no commit of the dataset; resuming at the newest")
+        old = {**old, "source": {**source, "revision": new["source"]["revision"]}}
     return old == new
 
 

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 from gpt124m.errors import first_line
 
 log = logging.getLogger(__name__)
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def commit_of(repo_id: str, revision: str | None) -> str | None:
     """The commit `revision` names on the hub now; None (with a warning) where the hub cannot be
     asked and none was given (a cache-only, offline run)."""
+    if revision is not None and _COMMIT.fullmatch(revision):
+        return revision  # a commit names itself: no lookup (a resume may be offline)
     from huggingface_hub import HfApi
 
     try:

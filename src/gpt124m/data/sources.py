@@ -42,9 +42,10 @@ class Source:
     total_bytes: int | None = None  # for the progress estimate
     total_documents: int | None = None
     # a stream that can resume where it stood: `state()` between documents, JSON-able, and
-    # `resume(state)`, the documents from there on (a hub stream; local files re-read fast)
+    # `resume(state)`, the documents from there on, or None for a state it cannot use (a hub
+    # stream; local files re-read fast)
     state: Callable[[], Any] | None = None
-    resume: Callable[[Any], Iterator[Document]] | None = None
+    resume: Callable[[Any], Iterator[Document] | None] | None = None
 
 
 def open_source(
@@ -64,6 +65,8 @@ def open_source(
         raise ValueError("source is empty")
     if source == "builtin":
         return Source(builtin.describe(), lambda: ((d, 0) for d in builtin.documents()))
+    if revision is not None and (Path(source).exists() or not _HUB_ID.fullmatch(source)):
+        raise ValueError(f"--revision {revision}: only a hub dataset id has commits ({source})")
     configs = dataset_configs(Path(source))
     if configs is not None and (configs or len(named_splits(Path(source))) > 1):
         # the card's configs, or splits named as the hub names them (`data/test-*`)
@@ -126,7 +129,7 @@ def dataset_configs(path: Path) -> list[str] | None:
 _SPLIT_NAMES = {"train": "train", "training": "train", "test": "test", "testing": "test",
                 "validation": "validation", "valid": "validation", "val": "validation",
                 "dev": "validation", "eval": "test", "evaluation": "test"}  # fmt: skip
-_SPLIT_WORD = re.compile(r"^([a-z]+)(?:[-._ 0-9]|$)")
+_SPLIT_WORD = re.compile(r"(?:^|[-._ 0-9])([a-z]+)(?=[-._ 0-9]|$)")  # as datasets' patterns
 
 
 def named_splits(folder: Path) -> set[str]:
@@ -137,9 +140,9 @@ def named_splits(folder: Path) -> set[str]:
         if not path.is_file() or path.suffix.lower() not in LOCAL_SUFFIXES:
             continue
         for part in path.relative_to(folder).parts:
-            match = _SPLIT_WORD.match(part.lower())
-            if match and match.group(1) in _SPLIT_NAMES:
-                found.add(_SPLIT_NAMES[match.group(1)])
+            for word in _SPLIT_WORD.findall(part.lower()):
+                if word in _SPLIT_NAMES:
+                    found.add(_SPLIT_NAMES[word])
     return found
 
 
@@ -322,23 +325,31 @@ def open_hf(
     with contextlib.suppress(AttributeError, KeyError, TypeError):
         total = ds.info.splits[split].num_examples or None
 
-    def documents(state: Any = None) -> Iterator[Document]:
-        if state is not None:
-            ds.load_state_dict(state)  # `datasets` opens the file it stood in, at its row
+    def documents() -> Iterator[Document]:
         for i, record in enumerate(ds):
             yield _record_text(record, text_field, f"{where} record {i}"), 0
+
+    def state() -> dict:  # the format is datasets' own: a resume needs the same version
+        return {"datasets": datasets.__version__, "state": ds.state_dict()}
+
+    def resume(saved: Any) -> Iterator[Document] | None:
+        if not isinstance(saved, dict) or saved.get("datasets") != datasets.__version__:
+            return None  # another version wrote it: read from the start and count
+        ds.load_state_dict(saved["state"])  # `datasets` opens the file it stood in, at its row
+        return documents()
 
     describe = {"kind": "huggingface", "dataset": source, "config": hf_config, "split": split}
     describe["text_field"] = text_field
     if remote:
         describe["revision"] = revision
-    resumable = callable(getattr(ds, "state_dict", None))
+    # datasets 5.0.0 reports a resumed stream's state as its start (fixed in 5.0.1)
+    resumable = callable(getattr(ds, "state_dict", None)) and datasets.__version__ != "5.0.0"
     return Source(
         describe,
         documents,
         total_documents=total,
-        state=ds.state_dict if resumable else None,
-        resume=documents if resumable else None,
+        state=state if resumable else None,
+        resume=resume if resumable else None,
     )
 
 
