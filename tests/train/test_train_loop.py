@@ -401,3 +401,22 @@ def test_resuming_with_a_model_of_another_shape_is_one_line(tmp_path, fixed_batc
     with pytest.raises(ValueError, match="written for a model of another shape") as err:
         fit(dataclasses.replace(cfg, resume="auto", max_steps=3), GPT(wider), fixed_batches())
     assert "size mismatch" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_training_that_cannot_fit_the_host_is_refused_before_a_step(
+    tmp_path, fixed_batches, monkeypatch
+):
+    """Its weights fit, its gradients and optimizer state do not: one line before any work, not
+    the kernel's silent kill at the first step."""
+    from gpt124m.train import trainer
+
+    model = GPT(get_preset("tiny"))
+    trainable = sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(trainer, "available_host_memory", lambda: 8 * trainable - 1)
+    cfg = tiny_cfg(tmp_path, max_steps=1, device="cpu")
+    with pytest.raises(ValueError, match=f"training {trainable:,} parameters on the CPU needs"):
+        fit(cfg, model, fixed_batches())
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    monkeypatch.setattr(trainer, "available_host_memory", lambda: 8 * trainable)
+    fit(cfg, model, fixed_batches())  # exactly enough: it trains
+    assert len(train_losses(tmp_path / "run")) == 1

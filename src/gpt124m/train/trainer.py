@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gpt124m import collectives
-from gpt124m.device import require_compiler, resolve_precision, use_tf32
+from gpt124m.device import available_host_memory, require_compiler, resolve_precision, use_tf32
 from gpt124m.train import checkpointing, continuity, distributed
 from gpt124m.train.checkpointer import Checkpointer, run_metadata
 from gpt124m.train.claim import Claim, busy
@@ -63,6 +63,8 @@ class _Run:
 
     def prepare(self) -> None:
         cfg, info = self.cfg, self.info
+        shards = info.world_size if info.enabled and cfg.parallel == "fsdp" else 1
+        check_training_fits(self.module, self.device, shards)
         for evaluator in self.evaluators:
             if hasattr(evaluator, "prepare"):
                 evaluator.prepare(rank=info.rank)
@@ -304,6 +306,23 @@ def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
     """Only the training step is compiled: eval and sampling see other shapes and modes."""
     require_compiler(device, "--compile")
     return torch.compile(model)
+
+
+def check_training_fits(model: nn.Module, device: torch.device, shards: int = 1) -> None:
+    """On the host, what training adds to the weights (a gradient and at least one optimizer
+    state per trainable value, fp32: AdamW keeps two; FSDP splits them over `shards` ranks)
+    must fit the memory left, or the kernel kills the run at its first step with no word
+    (gpt2-xl's weights fit a 24 GB machine; its training does not)."""
+    if device.type != "cpu":
+        return
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    need, have = 8 * trainable // shards, available_host_memory()
+    if have is not None and need > have:
+        raise ValueError(
+            f"training {trainable:,} parameters on the CPU needs at least {need / 2**30:,.1f} GiB "
+            f"more for gradients and optimizer state (AdamW: {12 * trainable / shards / 2**30:,.1f} GiB), "
+            f"and about {have / 2**30:,.1f} GiB is available; a smaller --model, LoRA, or a GPU"
+        )
 
 
 def fit(
