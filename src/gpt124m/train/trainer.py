@@ -318,10 +318,11 @@ def check_training_fits(model: nn.Module, device: torch.device, shards: int = 1)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     need, have = 8 * trainable // shards, available_host_memory()
     if have is not None and need > have:
+        adamw = 12 * trainable / shards
         raise ValueError(
             f"training {trainable:,} parameters on the CPU needs at least {need / 2**30:,.1f} GiB "
-            f"more for gradients and optimizer state (AdamW: {12 * trainable / shards / 2**30:,.1f} GiB), "
-            f"and about {have / 2**30:,.1f} GiB is available; a smaller --model, LoRA, or a GPU"
+            f"more for gradients and optimizer state (AdamW: {adamw / 2**30:,.1f} GiB), and "
+            f"about {have / 2**30:,.1f} GiB is available; a smaller --model, LoRA, or a GPU"
         )
 
 
