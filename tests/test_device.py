@@ -85,8 +85,8 @@ def test_host_memory_counts_a_cgroups_reclaimable_page_cache_as_free(tmp_path, v
               "memory/memory.stat", "total_inactive_file")
     )  # fmt: skip
     limit, usage, stat, cache = names
-    root = _cgroup(tmp_path, {limit: str(2 * gib), usage: str(int(1.9 * gib)),
-                              stat: f"active_file 1\n{cache} {int(1.5 * gib)}\nanon 7\n"})  # fmt: skip
+    stats = f"active_file 1\n{cache} {int(1.5 * gib)}\nanon 7\n"
+    root = _cgroup(tmp_path, {limit: str(2 * gib), usage: str(int(1.9 * gib)), stat: stats})
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:  16777216 kB\nMemAvailable:  8388608 kB\n")  # 8 GiB
     free = 2 * gib - (int(1.9 * gib) - int(1.5 * gib))
