@@ -313,7 +313,7 @@ def open_hf(
             source, name=hf_config, split=split, streaming=True, revision=revision
         )
     except Exception as e:  # the hub raises many types; all mean "cannot open this"
-        hint = "" if Path(source).exists() else " (nor is it a local file or directory)"
+        hint = " (nor is it a local file or directory)" if remote else ""
         raise ValueError(f"cannot open {where}{hint}: {type(e).__name__}: {e}") from e
     features = getattr(ds, "features", None)
     if features is not None and text_field not in features:
